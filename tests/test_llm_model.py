@@ -1,0 +1,115 @@
+"""The LLM's model code in-process: agreement with transformers, sampling, streaming text, stops."""
+
+import pytest
+import torch
+
+from models.llama import load_llama
+from models.llm import unpermute_rope
+from models.text_generation import (GenerationStats, PromptTooLongError, Sampling, TextGenerator,
+                                    TextStream, stop_prefix_len)
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_weights_root):
+    return TextGenerator(tiny_weights_root / "llm")
+
+
+def test_logits_match_transformers(tiny_llm_source, tiny_weights_root):
+    from transformers import LlamaForCausalLM
+
+    reference = LlamaForCausalLM.from_pretrained(tiny_llm_source).eval()
+    ours = load_llama(tiny_weights_root / "llm")
+    ours.setup_cache(64)
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8, 9, 10]])
+    with torch.no_grad():
+        want = reference(ids).logits
+        got = ours(ids, torch.arange(ids.shape[1]))
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+
+
+def test_incremental_decoding_matches_full_forward(tiny_weights_root):
+    model = load_llama(tiny_weights_root / "llm")
+    model.setup_cache(32)
+    ids = torch.tensor([[11, 12, 13, 14, 15, 16]])
+    with torch.no_grad():
+        full = model(ids, torch.arange(6))[0, -1]
+        model(ids[:, :4], torch.arange(4))
+        model(ids[:, 4:5], torch.tensor([4]))
+        step = model(ids[:, 5:6], torch.tensor([5]))[0, -1]
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_tokens_match_transformers_generate(tiny_llm_source, generator):
+    from transformers import LlamaForCausalLM
+
+    reference = LlamaForCausalLM.from_pretrained(tiny_llm_source).eval()
+    prompt = generator.encode(generator.format_prompt("Hello there", None))
+    stats = GenerationStats()
+    list(generator.generate(prompt, Sampling(max_new_tokens=12, temperature=0), [], stats))
+    out = reference.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                             eos_token_id=list(generator.eos_ids), pad_token_id=0)
+    assert stats.token_ids == out[0, len(prompt):].tolist()[:len(stats.token_ids)]
+    assert stats.output_tokens > 0
+
+
+def test_same_seed_same_text_other_seed_other_text(generator):
+    prompt = generator.encode(generator.format_prompt("Tell me a story", None))
+
+    def sample(seed):
+        return "".join(generator.generate(prompt, Sampling(max_new_tokens=30, temperature=1.0, seed=seed),
+                                          [], GenerationStats()))
+
+    assert sample(1) == sample(1)
+    assert sample(1) != sample(2)
+
+
+def test_top_k_one_is_greedy(generator):
+    prompt = generator.encode(generator.format_prompt("Numbers", None))
+    greedy, top1 = GenerationStats(), GenerationStats()
+    list(generator.generate(prompt, Sampling(max_new_tokens=15, temperature=0), [], greedy))
+    list(generator.generate(prompt, Sampling(max_new_tokens=15, temperature=2.0, top_k=1, seed=3), [], top1))
+    assert top1.token_ids == greedy.token_ids
+
+
+def test_chat_template_places_system_and_user(generator):
+    text = generator.format_prompt("What is Cog?", "Answer briefly.")
+    assert text == ("<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nWhat is Cog?"
+                    "<|im_end|>\n<|im_start|>assistant\n")
+    assert "You are a tiny test model." in generator.format_prompt("What is Cog?", None)
+
+
+def test_prompt_longer_than_context_is_a_clear_error(generator):
+    ids = list(range(10, 20)) * 300  # 3000 tokens, context is 2048
+    with pytest.raises(PromptTooLongError, match=r"prompt: 3000 tokens .* context of 2048"):
+        next(generator.generate(ids, Sampling(), [], GenerationStats()))
+
+
+def test_max_new_tokens_is_capped_by_the_context(generator):
+    ids = list(range(10, 20)) * 204  # 2040 of 2048
+    stats = GenerationStats()
+    list(generator.generate(ids, Sampling(max_new_tokens=500, temperature=0), [], stats))
+    assert stats.input_tokens + stats.output_tokens <= 2048
+
+
+def test_stop_prefix_len():
+    assert stop_prefix_len("hello wor", ["world"]) == 3
+    assert stop_prefix_len("hello", ["xyz"]) == 0
+    assert stop_prefix_len("ab", ["abc", "b"]) == 2
+
+
+def test_text_stream_holds_back_a_possible_stop_and_cuts_at_it(generator):
+    tok = generator.tokenizer
+    ids = tok.encode("The quick brown fox jumps over the lazy dog.", add_special_tokens=False).ids
+    stream = TextStream(tok, ["lazy"])
+    pieces = [stream.push(i) for i in ids]
+    text = "".join(pieces) + stream.flush()
+    assert text == "The quick brown fox jumps over the "
+    assert stream.stopped
+
+
+def test_unpermute_rope_inverts_llama_cpp_layout():
+    n_heads, head_dim, cols = 3, 8, 5
+    w = torch.arange(n_heads * head_dim * cols, dtype=torch.float32).reshape(n_heads * head_dim, cols)
+    # llama.cpp's convert script: interleave the two rotary halves of every head.
+    permuted = w.reshape(n_heads, 2, head_dim // 2, cols).swapaxes(1, 2).reshape(w.shape)
+    assert torch.equal(torch.from_numpy(unpermute_rope(permuted.numpy(), n_heads)), w)
