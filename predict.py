@@ -45,9 +45,11 @@ def logged_setup(fn):
     def setup(self) -> None:
         try:
             fn(self)
-        except BaseException:
+        except BaseException as e:
+            print(f"setup failed: {type(e).__name__}: {e}", flush=True)
             traceback.print_exc(file=sys.stderr)
             sys.stderr.flush()
+            time.sleep(0.2)  # let coglet's log capture drain before the worker reports failure
             raise
 
     return setup

@@ -14,6 +14,8 @@ fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# This machine's pip.conf lists local package folders that may be absent; pip warns for each.
+exec 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 # torch first and alone: anything that depends on it would otherwise pull a multi-GB CUDA build.
 "${pip[@]}" "torch==$(sed -n 's/^torch==//p' requirements.txt)"
 "${pip[@]}" -r requirements-dev.txt
