@@ -2,6 +2,8 @@
 
 import argparse
 import base64
+import importlib
+import importlib.util
 import json
 import mimetypes
 import signal
@@ -220,6 +222,11 @@ def cmd_verify_weights(args) -> int:
     return 1 if problems else 0
 
 
+# Feature modules that add their own subcommands: each defines `add_commands(sub, model_help)` and
+# keeps its top-level imports light (the CLI's start-up time is every command's start-up time).
+COMMAND_MODULES = ("cogkit.bench", "cogkit.snapshot_cli", "cogkit.ship", "cogkit.replicate_api")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cogkit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -250,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify-weights", help="re-check weights/MODEL/ against its manifest")
     p.add_argument("model", help=model_help)
     p.set_defaults(func=cmd_verify_weights)
+
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).add_commands(sub, model_help)
     return parser
 
 

@@ -13,6 +13,12 @@ class ModelSpec:
     builder: str  # "module" holding convert(source, out, dtype) and runtime_dtype()
     summary: str
     demo_input: dict = field(default_factory=dict)
+    # For `cogkit bench boot`: the predictor a typical predict.py would be (from_pretrained on the
+    # source checkpoint at every boot), and a fixed input whose output all variants must agree on.
+    naive_runner: str | None = None
+    bench_input: dict = field(default_factory=dict)
+    # For `cogkit select`/`push`: Replicate hardware and what the image needs.
+    hardware: str = "cpu"
 
     def builder_module(self):
         return importlib.import_module(self.builder)
