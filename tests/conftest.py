@@ -4,6 +4,8 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 from cogkit.build import build_weights  # noqa: E402
@@ -12,6 +14,9 @@ from cogkit.weights import project_root, read_manifest  # noqa: E402
 from tests.tiny_models import make_tiny_llama_source  # noqa: E402
 
 ROOT = project_root()
+
+# Each feature area keeps its session fixtures in its own tests/fixtures_<area>.py.
+pytest_plugins = sorted(f"tests.{p.stem}" for p in Path(__file__).parent.glob("fixtures_*.py"))
 
 
 @pytest.fixture(scope="session")
