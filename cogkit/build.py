@@ -1,5 +1,6 @@
 """`cogkit build-weights`: resolve a source, convert it with the model's builder, write atomically."""
 
+import shutil
 import time
 from pathlib import Path
 
@@ -16,11 +17,18 @@ def build_weights(model: str, source: str | None = None, dtype: str | None = Non
     dtype = dtype or builder.runtime_dtype()
     dest = Path(dest) if dest else weights_dir(model)
     started = time.perf_counter()
-    path, facts = resolve(source)
     log(f"building {model} weights from {source} as {dtype} into {dest}")
 
     def write(tmp: Path) -> dict:
-        return {**facts, **builder.convert(path, tmp, dtype)}
+        if source.startswith("builtin:"):
+            # A source the model's builder generates itself (e.g. a tiny random pipeline for offline use).
+            path = builder.builtin_source(source.removeprefix("builtin:"), tmp / ".source")
+            facts = {"source": source, "revision": None}
+        else:
+            path, facts = resolve(source)
+        result = {**facts, **builder.convert(path, tmp, dtype)}
+        shutil.rmtree(tmp / ".source", ignore_errors=True)
+        return result
 
     manifest = build_atomically(dest, write)
     log(f"built {dest} in {time.perf_counter() - started:.1f}s "
