@@ -10,7 +10,7 @@ from models import get_model
 
 
 def build_weights(model: str, source: str | None = None, dtype: str | None = None,
-                  dest: Path | None = None, log=print) -> dict:
+                  dest: Path | None = None, sha256: str | None = None, log=print) -> dict:
     spec = get_model(model)
     builder = spec.builder_module()
     source = source or spec.default_source
@@ -25,7 +25,8 @@ def build_weights(model: str, source: str | None = None, dtype: str | None = Non
             path = builder.builtin_source(source.removeprefix("builtin:"), tmp / ".source")
             facts = {"source": source, "revision": None}
         else:
-            path, facts = resolve(source)
+            path, facts = resolve(source, workdir=tmp / ".source", sha256=sha256,
+                                  allow_patterns=getattr(builder, "HF_ALLOW_PATTERNS", None))
         result = {**facts, **builder.convert(path, tmp, dtype)}
         shutil.rmtree(tmp / ".source", ignore_errors=True)
         return result

