@@ -97,6 +97,13 @@ def data_uri_bytes(value) -> bytes:
 
 
 def short(value, limit: int = 160) -> str:
+    """A readable, bounded rendering of an output; files show as `<image/png, 1234 bytes>`."""
+    if isinstance(value, list) and any(isinstance(v, str) and v.startswith("data:") for v in value):
+        return "[" + ", ".join(short(v, limit) for v in value) + "]"
+    if isinstance(value, str) and value.startswith("data:"):
+        header, _, payload = value.partition(",")
+        size = len(payload) * 3 // 4 if ";base64" in header else len(payload)
+        return f"<{header[5:].split(';')[0]}, ~{size} bytes>"
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
 
