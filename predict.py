@@ -155,3 +155,123 @@ class LLMRunner(BaseRunner):
             self.record_metric("tokens_per_second", round(stats.tokens_per_second, 2))
             self.record_metric("seed", seed)
             self.record_metric("stop_reason", stats.stop_reason)
+
+
+# ---------------------------------------------------------------- image generation
+
+from cog import Path as CogPath  # noqa: E402  (file inputs and outputs must be cog.Path)
+
+from models.image_generation import MAX_SIZE, MIN_SIZE, OUTPUT_FORMATS, SCHEDULERS  # noqa: E402
+
+
+class ImageRunner(BaseRunner):
+    """Text-to-image and image-to-image with a diffusers pipeline (default: a tiny random-weight
+    Stable Diffusion whose pictures are noise; build a real one with --source)."""
+
+    @logged_setup
+    def setup(self) -> None:
+        timer = SetupTimer()
+        import torch
+
+        from cogkit.snapshot import Snapshot, use_compile_cache
+        from cogkit.weights import read_manifest
+        from models import image_snapshot
+        from models.image import compiles_unet, compute_dtype, snapshot_extra
+        from models.image_generation import ImageGenerator, ImageRequest, load_pipeline
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+        timer.done("imports")
+        folder, dev = weights_folder("image"), device()
+        manifest = read_manifest(folder)
+        dtype = compute_dtype(manifest["dtype"], dev)
+        print(f"setup: weights {folder} ({manifest['dtype']}, from {manifest['source']}); "
+              f"running in {dtype} on {dev}", flush=True)
+        pipe = load_pipeline(folder, dev, dtype)
+        timer.done("load")
+
+        use_snapshot = os.environ.get("COGKIT_SNAPSHOT", "1") == "1"
+        snapshot = Snapshot(folder, dev, extra=snapshot_extra(dev, folder))
+        restored = snapshot.restore() if use_snapshot else None
+        compile_cache = use_compile_cache(restored) if compiles_unet(dev) else None
+        self.images = ImageGenerator(pipe, dev)
+        if done := self.images.optimise(compile_unet=compile_cache is not None):
+            print(f"setup: optimisations: {', '.join(done)}", flush=True)
+        # One step at the native size: first-call costs (kernels, compiling) are paid here, not by a user.
+        warm = self.images.generate(ImageRequest(prompt="warm-up", num_inference_steps=1, seed=0))
+        timer.done("compile" if compile_cache is not None else "warmup")
+
+        if restored is not None and image_snapshot.recorded_fingerprint(restored) != image_snapshot.fingerprint(warm):
+            print("snapshot: warm-up picture differs from the snapshot's; discarding it", flush=True)
+            snapshot.discard()
+            restored = None
+        if restored is None and use_snapshot:
+            snapshot.save(image_snapshot.snapshot_filler(warm, timer.phases, compile_cache))
+            timer.done("snapshot")
+        self.setup_phases = timer.phases
+
+    def run(
+        self,
+        prompt: str = Input(description="What the picture should show.", min_length=1, max_length=2000),
+        negative_prompt: str = Input(
+            description="What the picture should not show (used when guidance_scale > 1).",
+            default="", max_length=2000,
+        ),
+        width: int | None = Input(
+            description=f"Width in pixels, a multiple of 8 ({MIN_SIZE}-{MAX_SIZE}). Empty: the model's native "
+                        "size (512 for SD 1.5, 1024 for SDXL, 64 for the built-in tiny model), or the input "
+                        "image's size for image-to-image.",
+            default=None, ge=MIN_SIZE, le=MAX_SIZE,
+        ),
+        height: int | None = Input(
+            description=f"Height in pixels, a multiple of 8 ({MIN_SIZE}-{MAX_SIZE}). Empty: as for width.",
+            default=None, ge=MIN_SIZE, le=MAX_SIZE,
+        ),
+        num_outputs: int = Input(description="Number of pictures to generate.", default=1, ge=1, le=4),
+        num_inference_steps: int = Input(
+            description="Denoising steps: more is slower and usually finer (sdxl-turbo wants 1-4).",
+            default=25, ge=1, le=100,
+        ),
+        guidance_scale: float = Input(
+            description="How closely to follow the prompt (classifier-free guidance); 1 or less turns it "
+                        "off (sdxl-turbo wants 0).",
+            default=7.5, ge=0.0, le=20.0,
+        ),
+        scheduler: str = Input(
+            description="The sampler. DEFAULT is the one the model ships with.",
+            default="DEFAULT", choices=list(SCHEDULERS),
+        ),
+        seed: int | None = Input(
+            description="Random seed; leave empty for a random one. Same seed and inputs give the same files.",
+            default=None, ge=0, le=2**63 - 1,
+        ),
+        output_format: str = Input(description="File format of the pictures.", default="webp",
+                                   choices=list(OUTPUT_FORMATS)),
+        output_quality: int = Input(
+            description="Quality of webp and jpg files, 0-100 (png is lossless and ignores it).",
+            default=80, ge=0, le=100,
+        ),
+        image: CogPath | None = Input(
+            description="Input picture for image-to-image (PNG, JPEG, WebP...). Empty: text-to-image.",
+            default=None,
+        ),
+        prompt_strength: float = Input(
+            description="Image-to-image only: how much to change the input picture (0 keeps it, 1 ignores it).",
+            default=0.8, ge=0.0, le=1.0,
+        ),
+    ) -> list[CogPath]:
+        from models.image_generation import ImageRequest, encode_images, open_image
+
+        if seed is None:
+            seed = random.SystemRandom().randrange(2**31)
+        print(f"seed: {seed}", flush=True)
+        self.record_metric("seed", seed)
+        request = ImageRequest(
+            prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
+            num_outputs=num_outputs, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            scheduler=scheduler, seed=seed, init_image=open_image(image) if image is not None else None,
+            prompt_strength=prompt_strength,
+        )
+        started = time.perf_counter()
+        pictures = self.images.generate(request)
+        self.record_metric("seconds_per_image", round((time.perf_counter() - started) / len(pictures), 4))
+        return [CogPath(p) for p in encode_images(pictures, output_format, output_quality)]

@@ -33,6 +33,16 @@ MODELS = {
         summary="SmolLM2-135M-Instruct text generation, streamed token by token",
         demo_input={"prompt": "What is the capital of France?"},
     ),
+    "image": ModelSpec(
+        name="image",
+        runner="predict.py:ImageRunner",
+        default_source="builtin:tiny-sd",
+        builder="models.image",
+        summary="Text-to-image and image-to-image with a diffusers pipeline (default: tiny random SD, noise)",
+        demo_input={"prompt": "a red fox", "seed": 1, "output_format": "png"},
+        naive_runner="models/naive_image.py:NaiveImageRunner",
+        bench_input={"prompt": "a red fox", "seed": 1, "output_format": "png"},
+    ),
 }
 
 

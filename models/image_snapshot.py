@@ -1,0 +1,41 @@
+"""What the image predictor keeps in its boot snapshot (cogkit/snapshot.py).
+
+- `warmup.json`: a fingerprint of the warm-up picture (seed 0, one step, native size). A later boot
+  with the same key compares its own warm-up with it; when they differ the snapshot no longer
+  describes this pipeline and is replaced. A snapshot never changes an output.
+- the torch.compile caches (cogkit.snapshot.save_compile_cache), when the UNet is compiled (GPU).
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+WARMUP_FILE = "warmup.json"
+
+
+def fingerprint(images) -> str:
+    h = hashlib.sha256()
+    for img in images:
+        h.update(f"{img.size}{img.mode}".encode())
+        h.update(img.tobytes())
+    return h.hexdigest()
+
+
+def recorded_fingerprint(restored: Path) -> str | None:
+    try:
+        return json.loads((restored / WARMUP_FILE).read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
+def snapshot_filler(images, phases: dict, compile_cache: Path | None):
+    """The `fill` for Snapshot.save: the warm-up fingerprint and, when compiled, the compile caches."""
+
+    def fill(folder: Path) -> None:
+        (folder / WARMUP_FILE).write_text(json.dumps({"fingerprint": fingerprint(images), "phases": phases}))
+        if compile_cache is not None:
+            from cogkit.snapshot import save_compile_cache
+
+            save_compile_cache(compile_cache, folder)
+
+    return fill
