@@ -375,3 +375,17 @@ def test_example_declarations_are_checked_against_the_schema():
         "example 4 (bad regex): regex '(' does not compile: missing ), unterminated subpattern at position 0",
         "example 5 (odd key): unknown key 'contain'",
     ]
+
+
+# ---------------------------------------------------------------- scripts/push.sh
+
+
+def test_push_script_without_cog_stops_before_setup_or_build():
+    if any(os.path.exists(os.path.join(d, "cog")) for d in ("/usr/bin", "/bin")):
+        pytest.skip("this machine has the Cog CLI")
+    res = subprocess.run(["bash", "scripts/push.sh", "acme", "llm"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PATH": "/usr/bin:/bin"}, timeout=30)
+    assert res.returncode == 1
+    assert "the Cog CLI is not installed" in res.stderr and "releases/latest/download" in res.stderr
+    usage = subprocess.run(["bash", "scripts/push.sh"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 2 and "usage: scripts/push.sh" in usage.stderr
