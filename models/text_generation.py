@@ -132,12 +132,12 @@ class TextGenerator:
         self.model.setup_cache(self.context_length)
         self.decode_step = torch.compile(self.model, fullgraph=True, dynamic=False)
 
-    def warmup(self, max_new_tokens: int = 8) -> list[int]:
-        """A short greedy generation: runs every kernel once (and compiles, when enabled).
-        Returns its tokens, which a restored snapshot must reproduce."""
+    def warmup(self, max_new_tokens: int = 2) -> list[int]:
+        """A tiny greedy generation that runs the prefill and the decode path once (and compiles the
+        decode step, when enabled). Returns its tokens, which a restored snapshot must reproduce."""
         stats = GenerationStats()
-        prompt = self.encode(self.format_prompt("Hello! Who are you?", None))
-        for _ in self.generate(prompt, Sampling(max_new_tokens=max_new_tokens, temperature=0), [], stats):
+        for _ in self.generate(self.encode("Hello"), Sampling(max_new_tokens=max_new_tokens, temperature=0),
+                               [], stats):
             pass
         return stats.token_ids
 
