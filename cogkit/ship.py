@@ -141,7 +141,10 @@ def check_examples(model: str, root: Path, run: CheckRun, weights_ok: bool, log)
     return Check("examples", all(r.ok for r in results), lines)
 
 
-def check_snapshot(model: str) -> Check:
+def check_snapshot(model: str, run: CheckRun) -> Check:
+    if run.selection is not None and not run.selection.snapshot:
+        return Check("snapshot", True, [f"models/cog/{model}.yaml says snapshot: false "
+                                        "(its predictor keeps no boot snapshot)"], skipped=True)
     try:
         from cogkit.snapshot import verify_snapshot
     except ImportError:
@@ -162,7 +165,7 @@ def run_checks(model: str, root: Path | None = None, allow_breaking: str | None 
     run.checks.append(weights)
     if examples:
         run.checks.append(check_examples(model, root, run, weights.ok, log))
-        run.checks.append(check_snapshot(model) if weights.ok else
+        run.checks.append(check_snapshot(model, run) if weights.ok else
                           Check("snapshot", False, ["not checked: the weights check failed"]))
     else:
         run.checks.append(Check("examples", True, ["skipped (--no-examples)"], skipped=True))

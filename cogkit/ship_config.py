@@ -19,7 +19,7 @@ from models import get_model
 COG_DIR = Path("models") / "cog"
 BASE = "base.yaml"
 COG_SCHEMA = "cog-config-schema.json"  # replicate/cog's published JSON schema for cog.yaml
-OVERLAY_KEYS = {"hardware", "cog", "examples"}
+OVERLAY_KEYS = {"hardware", "cog", "examples", "snapshot"}
 
 # Replicate's hardware SKUs (`GET /v1/hardware`); a new SKU only needs adding here.
 KNOWN_HARDWARE = ("cpu", "gpu-t4", "gpu-l40s", "gpu-l40s-2x", "gpu-l40s-4x", "gpu-l40s-8x",
@@ -37,6 +37,7 @@ class Selection:
     hardware: str
     config: dict  # the cog.yaml content
     examples: list = field(default_factory=list)
+    snapshot: bool = True  # false: the predictor keeps no boot snapshot, so there is none to verify
     notes: list = field(default_factory=list)  # things worth saying that do not stop a push
 
 
@@ -102,7 +103,11 @@ def compose(model: str, root: Path | None = None) -> Selection:
     examples = overlay.get("examples") or []
     if not isinstance(examples, list):
         raise ShipError(f"{overlay_path(model, root).name}: examples must be a list")
-    return Selection(model=model, hardware=hardware, config=config, examples=examples, notes=notes)
+    snapshot = overlay.get("snapshot", True)
+    if not isinstance(snapshot, bool):
+        raise ShipError(f"{overlay_path(model, root).name}: snapshot must be true or false, not {snapshot!r}")
+    return Selection(model=model, hardware=hardware, config=config, examples=examples, snapshot=snapshot,
+                     notes=notes)
 
 
 def check_hardware(model: str, hardware: str, gpu: bool) -> None:

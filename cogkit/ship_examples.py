@@ -112,20 +112,37 @@ def as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def expectation_failures(output, expect: dict) -> list[str]:
-    """Each way `output` misses `expect`; empty when it meets all of them."""
+def select_output(output, expect: dict):
+    """The part of the output an expectation looks at (`field`, then `index`); a text file output
+    (a data: URI) is read as its text when a text expectation applies."""
     if "field" in expect:
         if not isinstance(output, dict) or expect["field"] not in output:
-            return [f"output has no field {expect['field']!r}: {short(output)}"]
+            raise AssertionError(f"output has no field {expect['field']!r}: {short(output)}")
         output = output[expect["field"]]
     if "index" in expect:
         if not isinstance(output, list) or len(output) <= expect["index"]:
-            return [f"output has no item {expect['index']}: {short(output)}"]
+            raise AssertionError(f"output has no item {expect['index']}: {short(output)}")
         output = output[expect["index"]]
-    failures = []
-    text_checks = {k: expect[k] for k in ("equals", "contains", "not_contains", "regex") if k in expect}
-    if text_checks and not isinstance(output, str):
+    if TEXT_CHECKS & set(expect) and isinstance(output, str) and output.startswith("data:"):
+        try:
+            output = data_uri_bytes(output).decode("utf-8")
+        except UnicodeDecodeError:
+            raise AssertionError(f"expected text, got a binary file {short(output)}") from None
+    return output
+
+
+TEXT_CHECKS = {"equals", "contains", "not_contains", "regex"}
+
+
+def expectation_failures(output, expect: dict) -> list[str]:
+    """Each way `output` misses `expect`; empty when it meets all of them."""
+    try:
+        output = select_output(output, expect)
+    except AssertionError as e:
+        return [str(e)]
+    if TEXT_CHECKS & set(expect) and not isinstance(output, str):
         return [f"expected text, got {short(output)}"]
+    failures = []
     if "equals" in expect and output != expect["equals"]:
         failures.append(f"output {short(output)} is not exactly {short(expect['equals'])}")
     for text in as_list(expect.get("contains", [])):
@@ -163,16 +180,27 @@ def image_failures(data: bytes, want: dict) -> list[str]:
     return failures
 
 
-def wav_seconds(data: bytes) -> float:
-    with wave.open(io.BytesIO(data)) as w:
-        return w.getnframes() / w.getframerate()
+def audio_seconds(data: bytes) -> float:
+    """Duration of a WAV file (stdlib), or of FLAC/OGG/MP3 when the soundfile package is installed."""
+    try:
+        with wave.open(io.BytesIO(data)) as w:
+            return w.getnframes() / w.getframerate()
+    except (wave.Error, EOFError) as wav_error:
+        try:
+            import soundfile
+        except ImportError:
+            raise ValueError(f"not a WAV file ({wav_error}) and soundfile is not installed") from None
+        try:
+            return soundfile.info(io.BytesIO(data)).duration
+        except Exception as e:  # libsndfile's own error types
+            raise ValueError(f"not an audio file: {e}") from None
 
 
 def audio_failures(data: bytes, want: dict) -> list[str]:
     try:
-        seconds = wav_seconds(data)
-    except (wave.Error, EOFError) as e:
-        return [f"output is not a WAV file: {e}"]
+        seconds = audio_seconds(data)
+    except ValueError as e:
+        return [f"output is {e}"]
     low, high = want.get("min_seconds", 0), want.get("max_seconds", float("inf"))
     if not low <= seconds <= high:
         return [f"audio lasts {seconds:.2f}s, outside {low}–{high}s"]
@@ -207,6 +235,9 @@ def run_examples(runner: str, examples: list, root: Path, env: dict | None = Non
                 continue
             output = normalise_output(result.get("output"), server.schema)
             failures = expectation_failures(output, example["expect"])
-            detail = "; ".join(failures) if failures else f"output {short(output, 80)}"
+            if failures:
+                detail = "; ".join(failures)
+            else:
+                detail = f"output {short(select_output(output, example['expect']), 80)}"
             results.append(ExampleResult(name, not failures, detail, seconds))
     return results

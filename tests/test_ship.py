@@ -348,7 +348,10 @@ def wav_data_uri(seconds, rate=16000):
     ("https://x/y.png", {"image": {"width": 32}}, "expected a file output"),
     (wav_data_uri(1.5), {"audio": {"min_seconds": 1, "max_seconds": 2}}, None),
     (wav_data_uri(0.5), {"audio": {"min_seconds": 1}}, "audio lasts 0.50s"),
-    (png_data_uri(8, 8), {"audio": {"min_seconds": 1}}, "not a WAV file"),
+    (png_data_uri(8, 8), {"audio": {"min_seconds": 1}}, "output is not a"),
+    ("data:text/plain;base64," + base64.b64encode(b"1\n00:00:00,000 --> 00:00:02,000\nhi\n").decode(),
+     {"regex": "--> 00:00:02", "contains": "hi"}, None),
+    ("data:text/plain;base64," + base64.b64encode(b"bye").decode(), {"contains": "hi"}, "'bye' does not contain"),
 ])
 def test_expectations(output, expect, failure):
     failures = expectation_failures(output, expect)
