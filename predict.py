@@ -177,9 +177,10 @@ class ImageRunner(BaseRunner):
         from cogkit.weights import read_manifest
         from models import image_snapshot
         from models.image import compiles_unet, compute_dtype, snapshot_extra
-        from models.image_generation import ImageGenerator, ImageRequest, load_pipeline
+        from models.image_generation import ImageGenerator, ImageRequest, import_runtime, load_pipeline
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+        import_runtime()
         timer.done("imports")
         folder, dev = weights_folder("image"), device()
         manifest = read_manifest(folder)

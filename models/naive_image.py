@@ -14,9 +14,10 @@ class NaiveImageRunner(ImageRunner):
         import torch
 
         from models.image import runtime_dtype
-        from models.image_generation import ImageGenerator, load_pipeline
+        from models.image_generation import ImageGenerator, import_runtime, load_pipeline
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+        import_runtime()
         timer.done("imports")
         source = os.environ["COGKIT_SOURCE_PATH"]
         self.images = ImageGenerator(load_pipeline(source, device(), runtime_dtype()), device())
