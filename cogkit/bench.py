@@ -12,9 +12,11 @@ Each variant then serves the model's `bench_input`; the outputs must agree.
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,12 +88,12 @@ def bench_boot(model: str, runs: int = 3, compile: bool = False, skip_naive: boo
     common = {"COGKIT_WEIGHTS_DIR": str(folder.parent)}
     if compile:
         common["COGKIT_COMPILE"] = "1"
-    variants = {}
+    variants, scratch = {}, None
     if spec.naive_runner and not skip_naive:
         source = spec.default_source
         if source.startswith("builtin:"):  # materialise it once, outside the timed boots
-            source_path = spec.builder_module().builtin_source(source.removeprefix("builtin:"),
-                                                              folder.parent / f".{model}-bench-source")
+            scratch = Path(tempfile.mkdtemp(prefix=f"cogkit-bench-{model}-"))
+            source_path = spec.builder_module().builtin_source(source.removeprefix("builtin:"), scratch / "source")
         else:
             source_path = resolve(manifest.get("source") or source)[0]
         variants["a_naive"] = (spec.naive_runner, {**common, "COGKIT_SOURCE_PATH": str(source_path)})
@@ -116,12 +118,16 @@ def bench_boot(model: str, runs: int = 3, compile: bool = False, skip_naive: boo
 
     results = {name: [] for name in variants}
     floors = []
-    for run in range(runs):
-        for name, (runner, env) in variants.items():
-            log(f"run {run + 1}/{runs}: {name}…")
-            results[name].append(boot_once(runner, env, spec.bench_input))
-            log(f"  ready in {results[name][-1]['ready_s']:.2f}s")
-        floors.append(floor_once(folder))
+    try:
+        for run in range(runs):
+            for name, (runner, env) in variants.items():
+                log(f"run {run + 1}/{runs}: {name}…")
+                results[name].append(boot_once(runner, env, spec.bench_input))
+                log(f"  ready in {results[name][-1]['ready_s']:.2f}s")
+            floors.append(floor_once(folder))
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     report = {"model": model, "device": device, "runs": runs, "compile": compile,
               "weights": {"source": manifest.get("source"), "dtype": manifest.get("dtype")},
@@ -189,6 +195,9 @@ def print_report(report: dict, console) -> None:
                                                       for k, v in report["decode_tokens_per_second"].items()))
     for name, data in report["variants"].items():
         console.print(f"{name} output: {str(data['output'])[:120]!r}")
+    metrics = report["variants"]["c_snapshot"]["metrics_last"]
+    if metrics:
+        console.print("c_snapshot prediction metrics: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
 
 
 def cmd_bench_boot(args) -> int:
