@@ -126,7 +126,7 @@ def check_examples(model: str, root: Path, run: CheckRun, weights_ok: bool, log)
         return Check("examples", False, ["skipped: no schema"], skipped=True)
     if not examples:
         return Check("examples", False, [f"models/cog/{model}.yaml declares no examples: add at least one"])
-    problems = declaration_problems(examples, run.schema)
+    problems = declaration_problems(examples, run.schema, root)
     if problems:
         return Check("examples", False, problems)
     if not weights_ok:

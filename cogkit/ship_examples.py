@@ -34,8 +34,9 @@ class ExampleResult:
     seconds: float = 0.0
 
 
-def declaration_problems(examples: list, schema: dict) -> list[str]:
-    """Static problems in the declarations: unknown keys, inputs the model does not take, bad regexes."""
+def declaration_problems(examples: list, schema: dict, root: Path | None = None) -> list[str]:
+    """Static problems in the declarations: unknown keys, inputs the model does not take, missing
+    files, bad regexes."""
     from cogkit.cli import resolve_type
 
     inputs = schema["components"]["schemas"]["Input"]
@@ -58,6 +59,8 @@ def declaration_problems(examples: list, schema: dict) -> list[str]:
             if key in props and isinstance(value, str) and value.startswith("@"):
                 if resolve_type(props[key], schema).get("format") != "uri":
                     problems.append(f"{label}: input {key!r} is not a file input but is given {value!r}")
+                elif root is not None and not (Path(root) / value[1:]).is_file():
+                    problems.append(f"{label}: input {key!r}: file {value[1:]} does not exist")
         pattern = (example.get("expect") or {}).get("regex")
         if pattern is not None:
             try:

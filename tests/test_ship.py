@@ -70,7 +70,7 @@ def test_every_model_has_an_overlay_that_selects(model):
     assert selection.config["run"] == MODELS[model].runner
     assert selection.examples, f"models/cog/{model}.yaml declares no examples"
     assert declaration_problems(selection.examples, openapi_schema(load_predictor_info(
-        selection.config["run"], ROOT))) == []
+        selection.config["run"], ROOT)), ROOT) == []
 
 
 def test_committed_cog_yaml_is_the_default_models(tmp_path):
@@ -369,7 +369,8 @@ def test_example_declarations_are_checked_against_the_schema():
         {"name": "no expectation", "input": {"prompt": "hi"}},
         {"name": "bad regex", "input": {"prompt": "hi"}, "expect": {"regex": "("}},
         {"name": "odd key", "input": {"prompt": "hi"}, "expect": {"contain": "x"}},
-    ], schema)
+        {"name": "text as file", "input": {"prompt": "@prompt.txt"}, "expect": {"contains": "x"}},
+    ], schema, ROOT)
     assert problems == [
         "example 2 (typo): input 'promt' is not one of the model's inputs (prompt, system_prompt, "
         "max_new_tokens, temperature, top_p, top_k, stop_sequences, seed)",
@@ -377,7 +378,14 @@ def test_example_declarations_are_checked_against_the_schema():
         "example 3 (no expectation): declares no expectation (expect: equals/contains/regex/image/audio)",
         "example 4 (bad regex): regex '(' does not compile: missing ), unterminated subpattern at position 0",
         "example 5 (odd key): unknown key 'contain'",
+        "example 6 (text as file): input 'prompt' is not a file input but is given '@prompt.txt'",
     ]
+    if "image" not in MODELS:
+        return
+    image_schema = openapi_schema(load_predictor_info(MODELS["image"].runner, ROOT))
+    assert declaration_problems([{"name": "gone", "input": {"prompt": "x", "image": "@models/cog/nope.png"},
+                                  "expect": {"index": 0, "image": {"width": 64}}}], image_schema, ROOT) == [
+        "example 1 (gone): input 'image': file models/cog/nope.png does not exist"]
 
 
 # ---------------------------------------------------------------- scripts/push.sh
