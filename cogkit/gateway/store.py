@@ -1,0 +1,126 @@
+"""SQLite records of predictions and files, so a gateway restart keeps its history.
+
+A prediction is stored whole as JSON next to the columns the listing sorts and filters on. Live
+predictions are written when they are created, when they start and when they finish (not per token):
+a crash loses at most the partial output of predictions that were running, and those are marked
+failed on the next start.
+"""
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    model TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+TERMINAL = ("succeeded", "failed", "canceled", "aborted")
+
+
+class Store:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection shared by the event loop and the worker threads, serialised by a lock:
+        # writes are few (three per prediction) and short.
+        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+    # ------------------------------------------------------------ predictions
+
+    def save_prediction(self, record: dict) -> None:
+        with self.lock:
+            self.db.execute(
+                "INSERT INTO predictions (id, model, status, created_at, record) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET status=excluded.status, record=excluded.record",
+                (record["id"], record["model"], record["status"], record["created_at"], json.dumps(record)))
+
+    def get_prediction(self, prediction_id: str) -> dict | None:
+        with self.lock:
+            row = self.db.execute("SELECT record FROM predictions WHERE id=?", (prediction_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def list_predictions(self, before_seq: int | None, limit: int, created_after: str | None = None,
+                         created_before: str | None = None) -> tuple[list[tuple[int, dict]], bool]:
+        """Newest first; returns (seq, record) pairs and whether older ones remain.
+        Timestamps are compared as stored: ISO 8601 UTC strings sort in time order."""
+        clauses, args = [], []
+        if before_seq is not None:
+            clauses.append("seq < ?")
+            args.append(before_seq)
+        if created_after:
+            clauses.append("created_at >= ?")
+            args.append(created_after)
+        if created_before:
+            clauses.append("created_at < ?")
+            args.append(created_before)
+        query = "SELECT seq, record FROM predictions"
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        query += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit + 1)
+        with self.lock:
+            rows = self.db.execute(query, args).fetchall()
+        return [(seq, json.loads(rec)) for seq, rec in rows[:limit]], len(rows) > limit
+
+    def unfinished_predictions(self) -> list[dict]:
+        marks = ",".join("?" * len(TERMINAL))
+        with self.lock:
+            rows = self.db.execute(f"SELECT record FROM predictions WHERE status NOT IN ({marks})",
+                                   TERMINAL).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    # ------------------------------------------------------------ files
+
+    def save_file(self, record: dict) -> None:
+        with self.lock:
+            self.db.execute("INSERT OR REPLACE INTO files (id, record) VALUES (?, ?)",
+                            (record["id"], json.dumps(record)))
+
+    def get_file(self, file_id: str) -> dict | None:
+        with self.lock:
+            row = self.db.execute("SELECT record FROM files WHERE id=?", (file_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def list_files(self) -> list[dict]:
+        with self.lock:
+            rows = self.db.execute("SELECT record FROM files ORDER BY rowid DESC").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def delete_file(self, file_id: str) -> None:
+        with self.lock:
+            self.db.execute("DELETE FROM files WHERE id=?", (file_id,))
+
+    # ------------------------------------------------------------ settings
+
+    def meta(self, key: str, make) -> str:
+        """A persisted setting (e.g. a secret), created with make() the first time."""
+        with self.lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            if row:
+                return row[0]
+            value = make()
+            self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
+            return value

@@ -1,0 +1,194 @@
+"""One real coglet server per model, started on first use, fed one prediction at a time.
+
+coglet runs a single prediction per process and answers 409 to a second one, so each model has a
+queue and a thread that takes predictions from it in order; callers never see the 409. When the
+server dies (or coglet reports UNHEALTHY after its worker died) the running prediction fails with a
+reason and the next one starts a fresh server.
+"""
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import requests
+
+from cogkit.server import CogServer, ServerError
+
+log = logging.getLogger("cogkit.gateway")
+
+
+class PredictionSink(Protocol):
+    """What a worker reports back to the gateway; every call comes from the worker's thread."""
+
+    def is_canceled(self, prediction_id: str) -> bool: ...
+    def on_start(self, prediction_id: str) -> None: ...
+    def on_output(self, prediction_id: str, chunk) -> None: ...
+    def on_log(self, prediction_id: str, text: str) -> None: ...
+    def on_done(self, prediction_id: str, result: dict) -> None: ...
+
+
+@dataclass
+class Job:
+    prediction_id: str
+    inputs: dict
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class ModelWorker:
+    def __init__(self, model: str, runner: str, sink: PredictionSink, env: dict | None = None,
+                 setup_timeout: float = 900):
+        self.model = model
+        self.runner = runner
+        self.sink = sink
+        self.env = env or {}
+        self.setup_timeout = setup_timeout
+        self.jobs: "queue.Queue[Job | None]" = queue.Queue()
+        self.server: CogServer | None = None
+        self.current: str | None = None
+        self.restarts = 0
+        self.thread = threading.Thread(target=self._loop, name=f"worker-{model}", daemon=True)
+        self.thread.start()
+
+    # ------------------------------------------------------------ called from the gateway
+
+    def submit(self, prediction_id: str, inputs: dict) -> None:
+        self.jobs.put(Job(prediction_id, inputs))
+
+    def cancel_running(self, prediction_id: str) -> bool:
+        """Ask coglet to cancel the prediction if it is the one running now."""
+        server = self.server
+        if self.current != prediction_id or server is None:
+            return False
+        try:
+            server.cancel(prediction_id)
+        except requests.RequestException:
+            return False
+        return True
+
+    def info(self) -> dict:
+        server = self.server
+        alive = bool(server and server.proc and server.proc.poll() is None)
+        return {"model": self.model, "running": alive, "pid": server.proc.pid if alive else None,
+                "url": server.url if alive else None, "queued": self.jobs.qsize(),
+                "current": self.current, "restarts": self.restarts}
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=5)
+        self._stop_server()
+
+    # ------------------------------------------------------------ the worker thread
+
+    def _loop(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if self.sink.is_canceled(job.prediction_id):
+                continue
+            try:
+                self._run(job)
+            except Exception as e:  # the gateway must keep serving whatever one prediction did
+                log.exception("prediction %s failed in the gateway", job.prediction_id)
+                self.sink.on_done(job.prediction_id, {"status": "failed", "error": f"gateway error: {e}"})
+            finally:
+                self.current = None
+
+    def _ensure_server(self) -> CogServer:
+        if self.server and self.server.proc.poll() is None:
+            return self.server
+        if self.server:
+            self._stop_server()
+            self.restarts += 1
+        log.info("starting the %s server", self.model)
+        server = CogServer(self.runner, env=self.env, setup_timeout=self.setup_timeout).start()
+        try:
+            server.wait_ready()
+        except BaseException:
+            server.stop()
+            raise
+        self.server = server
+        return server
+
+    def _stop_server(self) -> None:
+        if self.server:
+            self.server.stop()
+            self.server = None
+
+    def _run(self, job: Job) -> None:
+        pid = job.prediction_id
+        self.current = pid
+        try:
+            server = self._ensure_server()
+        except ServerError as e:
+            self.sink.on_done(pid, {"status": "failed", "error": f"the {self.model} model failed to start: {e}"})
+            return
+        if self.sink.is_canceled(pid):  # canceled while the server was booting
+            return
+        self.sink.on_start(pid)
+        result = None
+        try:
+            if not supports_streaming(server.schema):  # coglet answers 406 to SSE for these
+                result = server.predict(job.inputs, pid)
+            else:
+                result = self._stream(server, job)
+        except ServerError as e:  # 422 and other refusals: the prediction's own fault
+            if self._server_crashed() is None:
+                self.sink.on_done(pid, {"status": "failed", "error": str(e)})
+                return
+        except (requests.RequestException, ValueError):
+            pass  # the connection broke: decided below from the server's state
+        crash = self._server_crashed()
+        if crash:
+            self._stop_server()
+            self.restarts += 1  # the next prediction starts a fresh server
+            error = (f"the {self.model} model's worker crashed during this prediction ({crash}); "
+                     "the gateway restarts it for the next prediction")
+            self.sink.on_done(pid, {"status": "failed", "error": error,
+                                    **({"logs": result.get("logs")} if result else {})})
+            return
+        if result is None:
+            self.sink.on_done(pid, {"status": "failed",
+                                    "error": f"the {self.model} server closed the stream without a result"})
+            return
+        self.sink.on_done(pid, result)
+
+    def _stream(self, server: CogServer, job: Job) -> dict | None:
+        pid, result = job.prediction_id, None
+        for event, data in server.stream(job.inputs, pid):
+            if event == "output":
+                self.sink.on_output(pid, data.get("chunk") if isinstance(data, dict) else data)
+            elif event == "log":
+                self.sink.on_log(pid, log_text(data))
+            elif event == "completed":
+                result = data
+        return result
+
+    def _server_crashed(self) -> str | None:
+        """Why the server can no longer serve, or None when it is healthy."""
+        server = self.server
+        if server is None:
+            return "no server"
+        code = server.proc.poll()
+        if code is not None:
+            return f"server exit code {code}"
+        health = server.health()
+        status = (health or {}).get("status")
+        if health is None:
+            return "the server stopped answering"
+        if status in ("UNHEALTHY", "DEFUNCT", "SETUP_FAILED"):
+            return f"coglet reports {status}"
+        return None
+
+
+def supports_streaming(schema: dict) -> bool:
+    return bool(schema.get("paths", {}).get("/predictions", {}).get("post", {}).get("x-cog-streaming"))
+
+
+def log_text(data) -> str:
+    if isinstance(data, dict):
+        return str(data.get("message") or data.get("log") or data.get("data") or "")
+    return str(data)
