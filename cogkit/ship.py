@@ -302,6 +302,13 @@ def console():
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def say(out, text: str, style: str = "", lead: str = "") -> None:
+    """Print plain text (never parsed as markup: messages quote user data), with an optional styled lead."""
+    from rich.text import Text
+
+    out.print(Text.assemble((lead, "bold red"), (text, style)) if lead else Text(text, style=style))
+
+
 def print_checks(run: CheckRun, out) -> None:
     from rich.text import Text
 
@@ -322,15 +329,15 @@ def cmd_select(args) -> int:
     try:
         selection = select(args.model, root, write=not args.stdout)
     except ShipError as e:
-        console().print(f"[bold red]error:[/bold red] {e}", markup=True)
+        say(console(), str(e), lead="error: ")
         return 1
     if args.stdout:
         sys.stdout.write(render(selection))
     else:
-        console().print(f"cog.yaml now builds {args.model} ({selection.config['run']}, hardware "
+        say(console(), f"cog.yaml now builds {args.model} ({selection.config['run']}, hardware "
                         f"{selection.hardware}, gpu {bool(selection.config['build'].get('gpu'))})")
     for note in selection.notes:
-        console().print(f"note: {note}")
+        say(console(), f"note: {note}")
     return 0
 
 
@@ -340,7 +347,7 @@ def cmd_check(args) -> int:
     get_model(args.model)
     out = console()
     run = run_checks(args.model, ship_root(), args.allow_breaking, examples=not args.no_examples,
-                     log=lambda m: out.print(f"[dim]{args.model}: {m}[/dim]"))
+                     log=lambda m: say(out, f"{args.model}: {m}", "dim"))
     print_checks(run, out)
     return 0 if run.ok else 1
 
@@ -353,14 +360,14 @@ def push_one(model: str, image: str, dry_run: bool, allow_breaking: str | None, 
     missing = missing_tools()
     if missing and not dry_run:
         for line in missing:
-            out.print(f"[bold red]cannot push {model}:[/bold red] {line}")
-        out.print("nothing was built or pushed; `--dry-run` runs the checks without these tools")
+            say(out, line, lead=f"cannot push {model}: ")
+        say(out, "nothing was built or pushed; `--dry-run` runs the checks without these tools")
         return 1
-    run = run_checks(model, root, allow_breaking, log=lambda m: out.print(f"[dim]{model}: {m}[/dim]"))
+    run = run_checks(model, root, allow_breaking, log=lambda m: say(out, f"{model}: {m}", "dim"))
     print_checks(run, out)
     if not run.ok:
         failed = ", ".join(c.name for c in run.checks if not (c.ok or c.skipped))
-        out.print(f"[bold red]{model}: not pushed[/bold red]: the {failed} check(s) failed")
+        say(out, f"the {failed} check(s) failed", lead=f"{model}: not pushed: ")
         return 1
     command = push_command(image)
     cog_yaml = render(run.selection)
@@ -377,15 +384,15 @@ def push_one(model: str, image: str, dry_run: bool, allow_breaking: str | None, 
         for line in missing:
             print(f"# a real push would stop here: {line}")
         return 0
-    out.print(f"$ {' '.join(command)}")
+    say(out, f"$ {' '.join(command)}")
     with PreparedTree(model, root, cog_yaml):
         code = subprocess.run(command, cwd=root).returncode
     if code != 0:
-        out.print(f"[bold red]{model}: `{' '.join(command)}` failed with exit code {code}[/bold red]; lock unchanged")
+        say(out, f"`{' '.join(command)}` failed with exit code {code}; lock unchanged", lead=f"{model}: ")
         return 1
     version, why = latest_version(owner, name)
     path = write_lock(model, root, image, version, run.schema, run.breaking, allow_breaking)
-    out.print(f"{model}: pushed to {image}" + (f" version {version}" if version else f" ({why})")
+    say(out, f"{model}: pushed to {image}" + (f" version {version}" if version else f" ({why})")
               + f"; schema locked in {path.relative_to(root)} (commit it)")
     return 0
 
@@ -419,7 +426,7 @@ def cmd_push(args) -> int:
         code = push_one(model, image, args.dry_run, args.allow_breaking, out)
         if code != 0:
             if len(pairs) > 1:
-                out.print(f"[bold red]stopped at {model}[/bold red]; later models were not pushed")
+                say(out, "later models were not pushed", lead=f"stopped at {model}; ")
             return code
     return 0
 

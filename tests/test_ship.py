@@ -400,3 +400,14 @@ def test_push_script_without_cog_stops_before_setup_or_build():
     assert "the Cog CLI is not installed" in res.stderr and "releases/latest/download" in res.stderr
     usage = subprocess.run(["bash", "scripts/push.sh"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert usage.returncode == 2 and "usage: scripts/push.sh" in usage.stderr
+
+
+def test_select_command_names_the_missing_class_and_writes_nothing(tmp_path):
+    overlay = {**LLM_OVERLAY, "cog": {"build": {"gpu": True}, "run": "predict.py:NoSuchRunner"}}
+    root = make_scratch_root(tmp_path, {"llm": overlay})
+    res = cogkit("select", "llm", env={"COGKIT_SHIP_ROOT": str(root)})
+    assert res.returncode == 1
+    assert "NoSuchRunner" in res.stderr and "Traceback" not in res.stderr
+    assert not (root / "cog.yaml").exists()
+    res = cogkit("select", "llm", "--stdout")
+    assert res.returncode == 0 and res.stdout == (ROOT / "cog.yaml").read_text()
