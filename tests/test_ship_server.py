@@ -148,3 +148,26 @@ def test_a_failed_cog_push_leaves_the_lock_alone(tmp_path, tiny_weights_root):
     assert "`cog push r8.im/acme/tiny` failed with exit code 3" in res.stderr
     assert not (root / "models" / "locks" / "llm.schema.json").exists()
     assert not (root / "cog.yaml").exists()
+
+
+def test_push_with_allow_breaking_records_the_reason_in_the_lock(tmp_path, tiny_weights_root):
+    root = make_scratch_root(tmp_path, {"llm": LLM_OVERLAY})
+    schema = openapi_schema(load_predictor_info("predict.py:LLMRunner", ROOT))
+    old = json.loads(json.dumps(schema))
+    old["components"]["schemas"]["Input"]["properties"]["max_new_tokens"]["maximum"] = 16384
+    lock_file = root / "models" / "locks" / "llm.schema.json"
+    lock_file.write_text(json.dumps({"model": "llm", "image": "r8.im/acme/tiny", "version": "v1", "schema": old}))
+    fake_tools(tmp_path / "bin")
+    record = tmp_path / "cog-call.txt"
+    env = {"COGKIT_SHIP_ROOT": str(root), "COGKIT_WEIGHTS_DIR": str(tiny_weights_root),
+           "FAKE_COG_RECORD": str(record), "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    env["REPLICATE_API_TOKEN"] = ""  # no token: the version is not looked up
+    res = cogkit("push", "llm", "r8.im/acme/tiny", "--allow-breaking", "8192 is the model's context", env=env)
+    assert res.returncode == 0, res.stderr
+    assert record.read_text().startswith("argv: push r8.im/acme/tiny\n")
+    assert "REPLICATE_API_TOKEN is not set" in res.stderr
+    lock = json.loads(lock_file.read_text())
+    assert lock["version"] is None and lock["schema"] == schema
+    [allowed] = lock["allowed_breaking"]
+    assert allowed["reason"] == "8192 is the model's context" and allowed["from_version"] == "v1"
+    assert allowed["changes"] == ["tightened bound: max_new_tokens: maximum 16384 -> 8192"]
