@@ -193,7 +193,7 @@ def missing_tools() -> list[str]:
         missing.append(f"`docker` is not on PATH: {INSTALL_DOCKER}")
     else:
         try:
-            ok = subprocess.run([docker, "info"], capture_output=True, timeout=20).returncode == 0
+            ok = subprocess.run([docker, "info"], capture_output=True, timeout=10).returncode == 0
         except subprocess.TimeoutExpired:
             ok = False
         if not ok:
