@@ -34,6 +34,7 @@ MODELS = {
         demo_input={"prompt": "What is the capital of France?"},
         naive_runner="models/naive_llm.py:NaiveLLMRunner",
         bench_input={"prompt": "Write a short story about a fox.", "max_new_tokens": 64, "temperature": 0},
+        hardware="gpu-t4",
     ),
     "image": ModelSpec(
         name="image",
@@ -44,6 +45,7 @@ MODELS = {
         demo_input={"prompt": "a red fox", "seed": 1, "output_format": "png"},
         naive_runner="models/naive_image.py:NaiveImageRunner",
         bench_input={"prompt": "a red fox", "seed": 1, "output_format": "png"},
+        hardware="gpu-l40s",
     ),
 }
 
