@@ -312,6 +312,8 @@ class WhisperRunner(BaseRunner):
         timer = SetupTimer()
         import torch
 
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor  # noqa: F401 - timed as imports
+
         from cogkit.weights import read_manifest
         from models.whisper_runtime import Transcriber
 
@@ -406,6 +408,8 @@ class TTSRunner(BaseRunner):
     @logged_setup
     def setup(self) -> None:
         timer = SetupTimer()
+        import piper  # noqa: F401 - onnxruntime and espeak, timed as imports
+
         from cogkit.weights import read_manifest
         from models.tts import load_synthesizer
 
