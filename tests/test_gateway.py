@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -218,11 +219,27 @@ def test_webhooks_are_signed_and_verify(gateway_client, webhook_receiver):
 # ---------------------------------------------------------------- crashes and restarts
 
 
-def test_killed_worker_fails_the_prediction_and_the_next_succeeds(gateway, gateway_client):
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # the field after the state is the parent's pid
+            children.append(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.parametrize("victim", ["server", "python worker"])
+def test_killed_worker_fails_the_prediction_and_the_next_succeeds(gateway, gateway_client, victim):
     prediction = gateway_client.predictions.create(model="local/llm", input=LONG)
     wait_processing_with_output(gateway_client, prediction)
     worker = gateway.workers()["llm"]
-    os.killpg(worker["pid"], signal.SIGKILL)
+    if victim == "server":  # coglet and its worker together
+        os.killpg(worker["pid"], signal.SIGKILL)
+    else:  # only the Python process running the predictor (as the OOM killer would): coglet stays up
+        os.kill(child_pids(worker["pid"])[0], signal.SIGKILL)
     prediction.wait()
     assert prediction.status == "failed"
     assert "crashed" in prediction.error and "restarts" in prediction.error

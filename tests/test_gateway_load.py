@@ -50,7 +50,7 @@ def test_200_predictions_from_8_concurrent_clients(gateway, capsys):
     assert len(listed) == len(set(listed))
     assert {p.id for p in done} <= set(listed)
     pages = sum(1 for _ in paginate(client.predictions.list))
-    assert pages >= 3
+    assert pages >= 2  # 100 per page
     with capsys.disabled():
         print(f"\ngateway throughput: {len(done)} predictions (3 tokens each, tiny llm) from {CLIENTS} clients "
               f"in {elapsed:.1f}s = {len(done) / elapsed:.1f} predictions/s; {len(listed)} listed over {pages} pages")

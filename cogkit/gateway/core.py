@@ -163,13 +163,14 @@ class Gateway:
         self.loop = loop
 
     def close(self) -> None:
-        for worker in self.workers.values():
-            worker.stop()
+        # record the outcome first, so what the dying model servers report afterwards is ignored
         with self.lock:
             unfinished = [live.record["id"] for live in self.live.values() if live.record["status"] not in TERMINAL]
         for pid in unfinished:
             self._finish(pid, {"status": "failed", "error": "interrupted: the gateway shut down before this "
                                                            "prediction finished"})
+        for worker in self.workers.values():
+            worker.stop()
         self.webhooks.close()
         self.store.close()
 

@@ -49,6 +49,8 @@ class ModelWorker:
         self.server: CogServer | None = None
         self.current: str | None = None
         self.restarts = 0
+        self.stopping = False
+        self.server_lock = threading.Lock()  # the worker thread starts servers, stop() kills them
         self.thread = threading.Thread(target=self._loop, name=f"worker-{model}", daemon=True)
         self.thread.start()
 
@@ -76,8 +78,11 @@ class ModelWorker:
                 "current": self.current, "restarts": self.restarts}
 
     def stop(self) -> None:
+        """Kill the model server (breaking off a running prediction) and end the thread."""
+        self.stopping = True
         self.jobs.put(None)
-        self.thread.join(timeout=5)
+        self._stop_server()
+        self.thread.join(timeout=15)
         self._stop_server()
 
     # ------------------------------------------------------------ the worker thread
@@ -85,7 +90,7 @@ class ModelWorker:
     def _loop(self) -> None:
         while True:
             job = self.jobs.get()
-            if job is None:
+            if job is None or self.stopping:
                 return
             if self.sink.is_canceled(job.prediction_id):
                 continue
@@ -103,20 +108,23 @@ class ModelWorker:
         if self.server:
             self._stop_server()
             self.restarts += 1
-        log.info("starting the %s server", self.model)
-        server = CogServer(self.runner, env=self.env, setup_timeout=self.setup_timeout).start()
+        with self.server_lock:
+            if self.stopping:
+                raise ServerError("the gateway is shutting down")
+            log.info("starting the %s server", self.model)
+            server = self.server = CogServer(self.runner, env=self.env, setup_timeout=self.setup_timeout).start()
         try:
             server.wait_ready()
         except BaseException:
-            server.stop()
+            self._stop_server()
             raise
-        self.server = server
         return server
 
     def _stop_server(self) -> None:
-        if self.server:
-            self.server.stop()
-            self.server = None
+        with self.server_lock:
+            server, self.server = self.server, None
+        if server:
+            server.stop()
 
     def _run(self, job: Job) -> None:
         pid = job.prediction_id
@@ -171,7 +179,7 @@ class ModelWorker:
         """Why the server can no longer serve, or None when it is healthy."""
         server = self.server
         if server is None:
-            return "no server"
+            return "the gateway is shutting down" if self.stopping else "the server was stopped"
         code = server.proc.poll()
         if code is not None:
             return f"server exit code {code}"
