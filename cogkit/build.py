@@ -15,7 +15,7 @@ def build_weights(model: str, source: str | None = None, dtype: str | None = Non
     builder = spec.builder_module()
     source = source or spec.default_source
     dtype = dtype or builder.runtime_dtype()
-    dest = Path(dest) if dest else weights_dir(model)
+    dest = Path(dest) if dest else weights_dir(spec.name)
     started = time.perf_counter()
     log(f"building {model} weights from {source} as {dtype} into {dest}")
 

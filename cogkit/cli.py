@@ -87,29 +87,55 @@ def is_data_uri(value) -> bool:
     return isinstance(value, str) and value.startswith("data:")
 
 
-def save_data_uri(uri: str, dest: Path) -> Path:
+# Types coglet sends that Python's mimetypes table lacks or maps to an odd extension.
+EXTENSIONS = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/mpeg": ".mp3",
+              "audio/flac": ".flac", "audio/x-flac": ".flac", "audio/ogg": ".ogg", "image/webp": ".webp",
+              "image/jpeg": ".jpg", "text/plain": ".txt", "application/x-subrip": ".srt", "text/vtt": ".vtt"}
+
+
+def decode_data_uri(uri: str) -> tuple[bytes, str]:
     header, _, payload = uri.partition(",")
     mime = header[5:].split(";")[0]
-    ext = mimetypes.guess_extension(mime) or ".bin"
-    path = dest.with_suffix(ext) if not dest.suffix else dest
-    data = base64.b64decode(payload) if ";base64" in header else payload.encode()
+    ext = EXTENSIONS.get(mime) or mimetypes.guess_extension(mime) or ".bin"
+    return (base64.b64decode(payload) if ";base64" in header else payload.encode()), ext
+
+
+def write_file(path: Path, data: bytes) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-    return path
+    return str(path)
 
 
 def save_outputs(output, out: str | None):
-    """Write file outputs like `cog run` does: output.<ext>, or output.N.<ext> for a list."""
+    """Write file outputs like `cog run` does: output.<ext>, output.N.<ext> for a list, and
+    output.<field>.<ext> for the files of an object (output.srt for a field named srt_file)."""
     base = Path(out or "output")
+    stem = base.with_suffix("") if base.suffix else base
     if is_data_uri(output):
-        return str(save_data_uri(output, base))
+        data, ext = decode_data_uri(output)
+        return write_file(base if base.suffix else stem.with_name(stem.name + ext), data)
     if isinstance(output, list) and any(is_data_uri(o) for o in output):
-        stem = base.with_suffix("") if base.suffix else base
-        return [str(save_data_uri(o, Path(f"{stem}.{i}{base.suffix}"))) if is_data_uri(o) else o
-                for i, o in enumerate(output)]
+        saved = []
+        for i, item in enumerate(output):
+            if is_data_uri(item):
+                data, ext = decode_data_uri(item)
+                item = write_file(stem.with_name(f"{stem.name}.{i}{ext}"), data)
+            saved.append(item)
+        return saved
     if isinstance(output, dict):
-        return {k: save_outputs(v, f"{base.with_suffix('')}.{k}") if is_data_uri(v) else v
-                for k, v in output.items()}
+        saved = {}
+        for key, value in output.items():
+            if is_data_uri(value):
+                data, ext = decode_data_uri(value)
+                field = key.removesuffix("_file")
+                if f".{field}" == ext or (key.endswith("_file") and ext in (".txt", ".bin")):
+                    # srt_file → output.srt (coglet sends subtitles as text/plain)
+                    name = f"{stem.name}.{field}"
+                else:
+                    name = f"{stem.name}.{field}{ext}"
+                value = write_file(stem.with_name(name), data)
+            saved[key] = value
+        return saved
     return output
 
 

@@ -325,6 +325,9 @@ def print_checks(run: CheckRun, out) -> None:
 def cmd_select(args) -> int:
     from cogkit.ship_config import ShipError, render, select
 
+    from models import get_model
+
+    args.model = get_model(args.model).name  # `asr` is `whisper`
     root = ship_root()
     try:
         selection = select(args.model, root, write=not args.stdout)
@@ -344,7 +347,7 @@ def cmd_select(args) -> int:
 def cmd_check(args) -> int:
     from models import get_model
 
-    get_model(args.model)
+    args.model = get_model(args.model).name
     out = console()
     run = run_checks(args.model, ship_root(), args.allow_breaking, examples=not args.no_examples,
                      log=lambda m: say(out, f"{args.model}: {m}", "dim"))
@@ -413,8 +416,7 @@ def destinations(args) -> list[tuple[str, str]]:
         return pairs
     if not args.model or not args.image:
         raise ValueError("usage: cogkit push MODEL r8.im/OWNER/NAME [--dry-run], or cogkit push --all --owner OWNER")
-    get_model(args.model)
-    return [(args.model, args.image)]
+    return [(get_model(args.model).name, args.image)]
 
 
 def cmd_push(args) -> int:

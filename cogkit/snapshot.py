@@ -145,6 +145,9 @@ class Snapshot:
 
 def verify_snapshot(model: str, device: str | None = None, extra: dict | None = None) -> list[str]:
     """Problems with MODEL's snapshot for this machine (used by `cogkit check`)."""
+    from models import get_model
+
+    model = get_model(model).name
     folder = weights_dir(model)
     if not (folder / MANIFEST).is_file():
         return [f"{folder}: no built weights"]
