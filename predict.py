@@ -89,7 +89,10 @@ class LLMRunner(BaseRunner):
         timer.done("warmup")
 
         if restored is not None:
-            recorded = json.loads((restored / "warmup.json").read_text())["tokens"]
+            try:
+                recorded = json.loads((restored / "warmup.json").read_text())["tokens"]
+            except (OSError, ValueError, KeyError):
+                recorded = None
             if recorded != warm_tokens:  # the snapshot no longer describes this model: replace it
                 print("snapshot: warm-up output differs from the snapshot's; discarding it", flush=True)
                 snapshot.discard()
