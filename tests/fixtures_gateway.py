@@ -4,6 +4,7 @@ serving the tiny models, and a webhook receiver."""
 
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -54,12 +55,24 @@ class GatewayProcess:
             time.sleep(0.1)
         raise AssertionError(f"the gateway did not come up:\n{self.log()}")
 
+    @property
+    def verify(self):
+        """`verify=` for requests: the test certificate when serving HTTPS."""
+        return str(self.cert[0]) if self.cert else True
+
+    def client_env(self) -> dict:
+        """Environment for `cogkit call` against this gateway."""
+        env = {"REPLICATE_API_TOKEN": TOKEN, "REPLICATE_BASE_URL": self.url}
+        if self.cert:
+            env["SSL_CERT_FILE"] = str(self.cert[0])  # httpx trusts the test certificate
+        return env
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def get(self, path: str, **kwargs) -> requests.Response:
         return requests.get(self.url + path, headers={"Authorization": f"Bearer {TOKEN}"},
-                            verify=str(self.cert[0]) if self.cert else True, timeout=30, **kwargs)
+                            verify=self.verify, timeout=30, **kwargs)
 
     def workers(self) -> dict:
         return {w["model"]: w for w in self.get("/v1/gateway/workers").json()["results"]}
@@ -92,6 +105,9 @@ class GatewayProcess:
 
 @pytest.fixture(scope="session")
 def gateway_cert(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1, or None (plain HTTP) where there is no openssl."""
+    if shutil.which("openssl") is None:
+        return None
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),

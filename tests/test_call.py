@@ -9,17 +9,17 @@ import threading
 import pytest
 
 from cogkit.cli import main
-from cogkit.replicate_api import cost_line, parse_ref
+from cogkit.replicate_api import HARDWARE_PRICES, cost_line, parse_ref
 from cogkit.weights import project_root
-from tests.fixtures_gateway import TOKEN, GatewayProcess
+from models import MODELS
+from tests.fixtures_gateway import GatewayProcess
 from tests.test_gateway import LONG, wait_processing_with_output
 
 
 @pytest.fixture
 def api_env(gateway, monkeypatch):
-    monkeypatch.setenv("REPLICATE_API_TOKEN", TOKEN)
-    monkeypatch.setenv("REPLICATE_BASE_URL", gateway.url)
-    monkeypatch.setenv("SSL_CERT_FILE", str(gateway.cert[0]))  # httpx trusts the test certificate
+    for key, value in gateway.client_env().items():
+        monkeypatch.setenv(key, value)
     return gateway
 
 
@@ -35,7 +35,8 @@ def test_call_streams_text_and_prints_the_cost(api_env):
     assert proc.returncode == 0, proc.stderr
     expected = reference_text(api_env, 5).replace("\r\n", "\n").replace("\r", "\n")
     assert proc.stdout == expected + "\n"
-    assert "predict time" in proc.stderr and "on cpu" in proc.stderr and "$" in proc.stderr
+    hardware = MODELS["llm"].hardware  # the gateway says which hardware the model is meant for
+    assert f"on {hardware} × ${HARDWARE_PRICES[hardware]:.6f}/s ≈ $" in proc.stderr
 
 
 def test_call_json_with_wait(api_env, capsys):
@@ -70,9 +71,8 @@ def test_call_reports_an_aborted_prediction(tmp_path, gateway_weights_root, gate
     the replicate client cannot parse (not even in a listing, so this runs on a gateway of its
     own); `cogkit call` reports it and exits non-zero."""
     gateway = GatewayProcess(tmp_path / "data", gateway_weights_root, gateway_cert).start()
-    monkeypatch.setenv("REPLICATE_API_TOKEN", TOKEN)
-    monkeypatch.setenv("REPLICATE_BASE_URL", gateway.url)
-    monkeypatch.setenv("SSL_CERT_FILE", str(gateway.cert[0]))
+    for key, value in gateway.client_env().items():
+        monkeypatch.setenv(key, value)
     client = gateway.client()
     blocker = client.models.predictions.create(model="local/llm", input=LONG)
     wait_processing_with_output(client, blocker)

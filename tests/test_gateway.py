@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from replicate.exceptions import ModelError, ReplicateError
+from replicate.exceptions import ReplicateError
 from replicate.helpers import FileOutput
 from replicate.pagination import paginate
 from standardwebhooks import Webhook
@@ -109,7 +109,7 @@ def test_cancel_a_running_prediction(gateway_client):
 def test_cancel_after_cancels_a_running_prediction(gateway):
     resp = requests.post(f"{gateway.url}/v1/models/local/llm/predictions", json={"input": LONG},
                          headers={"Authorization": f"Bearer {TOKEN}", "Cancel-After": "1.5s"},
-                         verify=str(gateway.cert[0]))
+                         verify=gateway.verify)
     assert resp.status_code == 201
     record = wait_until(lambda: (r := gateway.get(f"/v1/predictions/{resp.json()['id']}").json())["status"]
                         in ("canceled", "failed", "succeeded") and r, what="auto-cancel")
@@ -132,7 +132,7 @@ def test_list_predictions_pages_with_full_next_urls(gateway_client):
 def test_bad_input_is_422_problem_naming_the_field(gateway):
     resp = requests.post(f"{gateway.url}/v1/models/local/llm/predictions",
                          json={"input": {"prompt": "hi", "max_new_tokens": 0}},
-                         headers={"Authorization": f"Bearer {TOKEN}"}, verify=str(gateway.cert[0]))
+                         headers={"Authorization": f"Bearer {TOKEN}"}, verify=gateway.verify)
     assert resp.status_code == 422
     assert resp.headers["content-type"] == "application/problem+json"
     assert "max_new_tokens" in resp.json()["detail"] and "minimum of 1" in resp.json()["detail"]
@@ -143,7 +143,7 @@ def test_bad_input_is_422_problem_naming_the_field(gateway):
 @pytest.mark.parametrize("auth", [None, "Bearer wrong", "Basic " + TOKEN])
 def test_requests_without_a_valid_token_get_401_problem(gateway, auth):
     resp = requests.get(f"{gateway.url}/v1/predictions", headers={"Authorization": auth} if auth else {},
-                        verify=str(gateway.cert[0]))
+                        verify=gateway.verify)
     assert resp.status_code == 401
     assert resp.headers["content-type"] == "application/problem+json"
     assert resp.json()["status"] == 401 and resp.json()["title"]
@@ -165,8 +165,8 @@ def test_files_upload_and_signed_download(gateway, gateway_client, tmp_path):
     assert uploaded.size == 13 and uploaded.content_type == "text/plain"
     url = uploaded.urls["get"]
     # signed: no token needed; a tampered signature is refused
-    assert requests.get(url, verify=str(gateway.cert[0])).content == b"hello gateway"
-    assert requests.get(url.replace("signature=", "signature=x"), verify=str(gateway.cert[0])).status_code == 403
+    assert requests.get(url, verify=gateway.verify).content == b"hello gateway"
+    assert requests.get(url.replace("signature=", "signature=x"), verify=gateway.verify).status_code == 403
     assert FileOutput(url, gateway_client).read() == b"hello gateway"
 
 
@@ -266,5 +266,9 @@ def test_restart_keeps_history_and_fails_interrupted(tmp_path, gateway_weights_r
         assert interrupted.status == "failed" and "interrupted" in interrupted.error
         listed = [p.id for page in paginate(client.predictions.list) for p in page]
         assert listed == [running.id] + [p.id for p in reversed(done)]  # 2 per page: 2 pages
+        first = client.predictions.list()
+        second = client.predictions.list(first.next)
+        assert first.previous is None and second.next is None
+        assert client.predictions.list(second.previous).results == first.results  # and back again
     finally:
         gw.stop()

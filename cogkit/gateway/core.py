@@ -13,6 +13,7 @@ import re
 import secrets
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -510,22 +511,26 @@ class Gateway:
     # ------------------------------------------------------------ listing
 
     def list_page(self, cursor: str | None, created_after: str | None, created_before: str | None) -> dict:
-        before = None
+        """A page of GET /v1/predictions. Cursors are `o<seq>` (older than) and `n<seq>` (newer than)."""
+        before = after = None
         if cursor:
-            try:
-                before = int(cursor)
-            except ValueError:
-                raise GatewayError(400, "Invalid cursor", f"cursor {cursor!r} is not one this gateway made") from None
-        rows, more = self.store.list_predictions(before, self.page_size, created_after, created_before)
+            kind, number = cursor[:1], cursor[1:]
+            if kind not in ("o", "n") or not number.isdigit():
+                raise GatewayError(400, "Invalid cursor", f"cursor {cursor!r} is not one this gateway made")
+            before, after = (int(number), None) if kind == "o" else (None, int(number))
+        rows, older, newer = self.store.list_predictions(self.page_size, before, after,
+                                                         created_after, created_before)
         results = []
-        for _, record in rows:
-            with self.lock:
+        with self.lock:
+            for _, record in rows:
                 live = self.live.get(record["id"])
                 results.append(copy.deepcopy(live.record) if live else record)
-        extra = "".join(f"&{k}={v}" for k, v in (("created_after", created_after),
-                                                  ("created_before", created_before)) if v)
-        return {"next": f"{self.public_url}/v1/predictions?cursor={rows[-1][0]}{extra}" if more else None,
-                "previous": None, "results": results}
+        extra = "".join(f"&{k}={urllib.parse.quote(v)}" for k, v in (("created_after", created_after),
+                                                                      ("created_before", created_before)) if v)
+        link = f"{self.public_url}/v1/predictions?cursor="
+        return {"next": f"{link}o{rows[-1][0]}{extra}" if older else None,
+                "previous": f"{link}n{rows[0][0]}{extra}" if newer else None,
+                "results": results}
 
 
 def seconds_between(start: str, end: str) -> float:

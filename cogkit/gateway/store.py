@@ -62,28 +62,40 @@ class Store:
             row = self.db.execute("SELECT record FROM predictions WHERE id=?", (prediction_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def list_predictions(self, before_seq: int | None, limit: int, created_after: str | None = None,
-                         created_before: str | None = None) -> tuple[list[tuple[int, dict]], bool]:
-        """Newest first; returns (seq, record) pairs and whether older ones remain.
-        Timestamps are compared as stored: ISO 8601 UTC strings sort in time order."""
+    def list_predictions(self, limit: int, before_seq: int | None = None, after_seq: int | None = None,
+                         created_after: str | None = None, created_before: str | None = None
+                         ) -> tuple[list[tuple[int, dict]], bool, bool]:
+        """One page, newest first: (seq, record) pairs, whether older ones remain and whether newer
+        ones do. `before_seq` pages towards older records, `after_seq` back towards newer ones.
+        Timestamps compare as stored: ISO 8601 UTC strings sort in time order."""
         clauses, args = [], []
-        if before_seq is not None:
-            clauses.append("seq < ?")
-            args.append(before_seq)
         if created_after:
             clauses.append("created_at >= ?")
             args.append(created_after)
         if created_before:
             clauses.append("created_at < ?")
             args.append(created_before)
-        query = "SELECT seq, record FROM predictions"
-        if clauses:
-            query += " WHERE " + " AND ".join(clauses)
-        query += " ORDER BY seq DESC LIMIT ?"
-        args.append(limit + 1)
+        where = " AND ".join(clauses) or "1"
         with self.lock:
-            rows = self.db.execute(query, args).fetchall()
-        return [(seq, json.loads(rec)) for seq, rec in rows[:limit]], len(rows) > limit
+            if after_seq is not None:
+                rows = self.db.execute(f"SELECT seq, record FROM predictions WHERE {where} AND seq > ? "
+                                       "ORDER BY seq ASC LIMIT ?", [*args, after_seq, limit + 1]).fetchall()
+                newer = len(rows) > limit
+                rows = rows[:limit][::-1]
+                older = bool(rows) and self._exists(where, args, "seq < ?", rows[-1][0])
+            else:
+                bound = [] if before_seq is None else [before_seq]
+                rows = self.db.execute(f"SELECT seq, record FROM predictions WHERE {where}"
+                                       f"{' AND seq < ?' if bound else ''} ORDER BY seq DESC LIMIT ?",
+                                       [*args, *bound, limit + 1]).fetchall()
+                older = len(rows) > limit
+                rows = rows[:limit]
+                newer = bool(rows) and self._exists(where, args, "seq > ?", rows[0][0])
+        return [(seq, json.loads(rec)) for seq, rec in rows], older, newer
+
+    def _exists(self, where: str, args: list, clause: str, seq: int) -> bool:
+        return self.db.execute(f"SELECT 1 FROM predictions WHERE {where} AND {clause} LIMIT 1",
+                               [*args, seq]).fetchone() is not None
 
     def unfinished_predictions(self) -> list[dict]:
         marks = ",".join("?" * len(TERMINAL))
