@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -13,7 +14,7 @@ from cogkit.replicate_api import HARDWARE_PRICES, cost_line, parse_ref
 from cogkit.weights import project_root
 from models import MODELS
 from tests.fixtures_gateway import GatewayProcess
-from tests.test_gateway import LONG, wait_processing_with_output
+from tests.test_gateway import LONG, wait_processing_with_output, wait_until
 
 
 @pytest.fixture
@@ -98,7 +99,6 @@ def test_call_failed_prediction_exits_nonzero(api_env, capsys):
     thread = threading.Thread(target=call)
     thread.start()
     running = None
-    import time
     deadline = time.monotonic() + 60
     while running is None and time.monotonic() < deadline:
         running = next((p for p in client.predictions.list().results
@@ -118,3 +118,16 @@ def test_ref_parsing_and_cost():
     assert cost_line({"metrics": {"predict_time": 2.0}}, "gpu-l40s").endswith("≈ $0.001950")
     assert "unknown" in cost_line({"metrics": {"predict_time": 2.0}}, None)
     assert cost_line({"metrics": {}}, "cpu") is None
+
+
+def test_call_by_version_with_a_webhook(api_env, webhook_receiver, capsys):
+    version = api_env.client().models.get("local/llm").latest_version.id
+    assert main(["call", f"local/llm:{version}", "-i", "prompt=Hi", "-i", "max_new_tokens=4", "--json",
+                 "--webhook", webhook_receiver.url, "--webhook-events", "completed"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["version"] == version
+    deliveries = wait_until(lambda: webhook_receiver.for_prediction(result["id"]), timeout=30,
+                            what="the completed webhook")
+    time.sleep(0.3)  # nothing else may follow: only `completed` was asked for
+    payloads = [json.loads(body) for _, body in webhook_receiver.for_prediction(result["id"])]
+    assert len(deliveries) >= 1 and [p["status"] for p in payloads] == ["succeeded"]
