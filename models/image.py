@@ -136,12 +136,12 @@ def compute_dtype(stored: str, device: str) -> str:
 
 
 def compiles_unet(device: str) -> bool:
-    """torch.compile the UNet on GPU (its compile caches go into the snapshot); on CPU only when asked
-    with COGKIT_COMPILE=1, like the LLM: there a cold compile costs far more boot than it saves."""
+    """torch.compile the UNet only when asked (COGKIT_COMPILE=1). Unlike the LLM's fixed-shape decode
+    step, every new width, height or num_outputs is a new shape and recompiles (tens of seconds on a
+    GPU, about a minute on CPU for the tiny UNet), which a user would pay on their request."""
     import os
 
-    flag = os.environ.get("COGKIT_COMPILE")
-    return flag == "1" if flag in ("0", "1") else device.startswith("cuda")
+    return os.environ.get("COGKIT_COMPILE") == "1"
 
 
 def snapshot_extra(device: str, folder: Path | None = None) -> dict:
