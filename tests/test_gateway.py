@@ -272,3 +272,46 @@ def test_restart_keeps_history_and_fails_interrupted(tmp_path, gateway_weights_r
         assert client.predictions.list(second.previous).results == first.results  # and back again
     finally:
         gw.stop()
+
+
+def test_stream_replays_and_resumes_with_last_event_id(gateway, gateway_client):
+    prediction = gateway_client.models.predictions.create(model="local/llm", input=short(seed=3, tokens=20), wait=30)
+    assert prediction.status == "succeeded"
+
+    def events(**headers):
+        resp = requests.get(prediction.urls["stream"], headers={"Authorization": f"Bearer {TOKEN}",
+                                                                "Accept": "text/event-stream", **headers},
+                            verify=gateway.verify, timeout=30)
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        blocks = [b for b in resp.text.split("\n\n") if b.strip()]
+        return [dict(line.split(": ", 1) for line in b.split("\n") if ": " in line) for b in blocks]
+
+    everything = events()
+    assert everything[-1] == {"event": "done", "id": str(len(everything) - 1), "data": "{}"}
+    assert [int(e["id"]) for e in everything] == list(range(len(everything)))
+    assert events(**{"Last-Event-ID": "2"}) == everything[3:]
+
+
+def test_a_model_that_cannot_start_fails_its_predictions_clearly(tmp_path):
+    gw = GatewayProcess(tmp_path / "data", tmp_path / "no-weights", None).start()
+    try:
+        prediction = gw.client().models.predictions.create(model="local/llm", input=short(), wait=60)
+        assert prediction.status == "failed"
+        assert "the llm model failed to start" in prediction.error and "setup failed" in prediction.error
+    finally:
+        gw.stop()
+
+
+def test_tokens_come_from_config_or_are_made(tmp_path, monkeypatch):
+    from cogkit.gateway import load_tokens
+
+    monkeypatch.delenv("COGKIT_GATEWAY_TOKENS", raising=False)
+    config = tmp_path / "config.toml"
+    tokens, made = load_tokens(config, [])
+    assert tokens == [made] and made in config.read_text()
+    assert load_tokens(config, ["cli"]) == (["cli", made], None)
+    monkeypatch.setenv("COGKIT_GATEWAY_TOKENS", "a,b")
+    assert load_tokens(config, []) == (["a", "b", made], None)
+    config.write_text("tokens = 'oops'\n")
+    with pytest.raises(ValueError, match="tokens"):
+        load_tokens(config, [])
