@@ -44,6 +44,8 @@ def add_commands(sub, model_help: str) -> None:
     p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-key", help="…and this key (PEM)")
     p.add_argument("--page-size", type=int, default=100, help="predictions per page of GET /v1/predictions")
+    p.add_argument("--max-queue", type=int, default=1000,
+                   help="predictions waiting per model before new ones get 429")
     p.add_argument("--setup-timeout", type=float, default=900)
     p.set_defaults(func=cmd_gateway)
 
@@ -64,15 +66,16 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         raise UsageError(f"--models: unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
-    if args.page_size < 1:
-        raise UsageError("--page-size must be at least 1")
+    if args.page_size < 1 or args.max_queue < 1:
+        raise UsageError("--page-size and --max-queue must be at least 1")
     data_dir = Path(args.data) if args.data else DEFAULT_DATA_DIR
     config = Path(args.config) if args.config else data_dir / "config.toml"
     tokens, made = load_tokens(config, args.token)
     scheme = "https" if args.tls_cert else "http"
     public_url = args.public_url or f"{scheme}://{args.host if args.host != '0.0.0.0' else '127.0.0.1'}:{args.port}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app, gateway = build_app(data_dir, public_url, names, tokens, args.setup_timeout, args.page_size)
+    app, gateway = build_app(data_dir, public_url, names, tokens, args.setup_timeout, args.page_size,
+                             args.max_queue)
     if gateway.interrupted:
         err.print(f"marked {gateway.interrupted} interrupted prediction(s) failed")
     if made:

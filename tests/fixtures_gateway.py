@@ -27,9 +27,9 @@ class GatewayProcess:
     """`cogkit gateway` in a subprocess; its model servers read weights from `weights_root`."""
 
     def __init__(self, data_dir: Path, weights_root: Path, cert: tuple[Path, Path] | None,
-                 models: str = "llm", page_size: int = 100):
+                 models: str = "llm", page_size: int = 100, extra_args: tuple = ()):
         self.data_dir, self.weights_root, self.cert = data_dir, weights_root, cert
-        self.models, self.page_size = models, page_size
+        self.models, self.page_size, self.extra_args = models, page_size, list(extra_args)
         self.port = free_port()
         self.url = f"{'https' if cert else 'http'}://127.0.0.1:{self.port}"
         self.log_path = data_dir.parent / f"{data_dir.name}-gateway-{self.port}.log"
@@ -38,7 +38,7 @@ class GatewayProcess:
     def start(self) -> "GatewayProcess":
         cmd = [sys.executable, "-m", "cogkit.cli", "gateway", "--data", str(self.data_dir), "--token", TOKEN,
                "--port", str(self.port), "--models", self.models, "--page-size", str(self.page_size),
-               "--setup-timeout", "180"]
+               "--setup-timeout", "180", *self.extra_args]
         if self.cert:
             cmd += ["--tls-cert", str(self.cert[0]), "--tls-key", str(self.cert[1])]
         env = {**os.environ, "COGKIT_WEIGHTS_DIR": str(self.weights_root), "OMP_NUM_THREADS": "1"}

@@ -249,29 +249,47 @@ def test_killed_worker_fails_the_prediction_and_the_next_succeeds(gateway, gatew
 
 
 def test_restart_keeps_history_and_fails_interrupted(tmp_path, gateway_weights_root):
-    gw = GatewayProcess(tmp_path / "data", gateway_weights_root, None, page_size=2).start()
+    gw = GatewayProcess(tmp_path / "data", gateway_weights_root, None, page_size=2,
+                        extra_args=("--max-queue", "1")).start()
     try:
         client = gw.client()
         done = [client.models.predictions.create(model="local/llm", input=short(seed=s), wait=30) for s in (1, 2, 3)]
         assert all(p.status == "succeeded" for p in done)
         running = client.predictions.create(model="local/llm", input=LONG)
         wait_processing_with_output(client, running)
+        queued = client.predictions.create(model="local/llm", input=short())
+        with pytest.raises(ReplicateError) as refused:  # --max-queue 1: one waits, the next is refused
+            client.predictions.create(model="local/llm", input=short())
+        assert refused.value.status == 429 and "queued" in refused.value.detail
         gw.stop(signal.SIGKILL)  # a crash: no chance to record anything
         gw.start()
         client = gw.client()
         for before in done:
             after = client.predictions.get(before.id)
             assert (after.status, after.output, after.metrics) == (before.status, before.output, before.metrics)
-        interrupted = client.predictions.get(running.id)
-        assert interrupted.status == "failed" and "interrupted" in interrupted.error
+        for unfinished, was in ((running, "processing"), (queued, "starting")):
+            after = client.predictions.get(unfinished.id)
+            assert after.status == "failed" and "interrupted" in after.error and f"it was {was}" in after.error
         listed = [p.id for page in paginate(client.predictions.list) for p in page]
-        assert listed == [running.id] + [p.id for p in reversed(done)]  # 2 per page: 2 pages
+        assert listed == [queued.id, running.id] + [p.id for p in reversed(done)]  # 2 per page: 3 pages
         first = client.predictions.list()
         second = client.predictions.list(first.next)
-        assert first.previous is None and second.next is None
+        assert first.previous is None and second.next
         assert client.predictions.list(second.previous).results == first.results  # and back again
     finally:
         gw.stop()
+
+
+def test_cancel_a_queued_prediction(gateway_client):
+    running = gateway_client.predictions.create(model="local/llm", input=LONG)
+    queued = gateway_client.predictions.create(model="local/llm", input=short())
+    wait_processing_with_output(gateway_client, running)
+    queued.cancel()
+    assert queued.status == "canceled" and queued.started_at is None and not queued.output
+    running.cancel()
+    running.wait()
+    queued.reload()
+    assert queued.status == "canceled"  # the worker skipped it
 
 
 def test_stream_replays_and_resumes_with_last_event_id(gateway, gateway_client):

@@ -61,14 +61,14 @@ def model_catalog(names: list[str]) -> dict:
 
 
 def build_app(data_dir: Path, public_url: str, model_names: list[str], tokens: list[str],
-              setup_timeout: float = 900, page_size: int = 100):
+              setup_timeout: float = 900, page_size: int = 100, max_queue: int = 1000):
     from starlette.applications import Starlette
 
     from cogkit.gateway.app import create_app
     from cogkit.gateway.core import Gateway
 
     gateway = Gateway(data_dir, public_url, model_catalog(model_names), setup_timeout=setup_timeout,
-                      page_size=page_size)
+                      page_size=page_size, max_queue=max_queue)
     app: Starlette = create_app(gateway, tokens)
 
     @contextlib.asynccontextmanager

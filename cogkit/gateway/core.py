@@ -143,11 +143,13 @@ class Live:
 
 class Gateway:
     def __init__(self, data_dir: Path, public_url: str, models: dict[str, ModelEntry],
-                 worker_env: dict | None = None, setup_timeout: float = 900, page_size: int = 100):
+                 worker_env: dict | None = None, setup_timeout: float = 900, page_size: int = 100,
+                 max_queue: int = 1000):
         self.data_dir = Path(data_dir)
         self.public_url = public_url.rstrip("/")
         self.models = models
         self.page_size = page_size
+        self.max_queue = max_queue
         self.store = Store(self.data_dir / "gateway.db")
         self.webhook_secret = self.store.meta("webhook_secret", new_secret)
         signing_key = bytes.fromhex(self.store.meta("files_signing_key", lambda: secrets.token_hex(32)))
@@ -232,6 +234,10 @@ class Gateway:
             raise GatewayError(422, "Invalid webhook_events_filter",
                                f"webhook_events_filter: {bad[0]!r} is not one of {', '.join(WEBHOOK_EVENTS)}")
         deadline = parse_duration(cancel_after) if cancel_after else None
+        waiting = self.workers[entry.name].jobs.qsize()
+        if waiting >= self.max_queue:
+            raise GatewayError(429, "Too Many Requests",
+                               f"{waiting} predictions are already queued for {entry.full_name}; retry later")
         pid = new_prediction_id()
         base = f"{self.public_url}/v1/predictions/{pid}"
         record = {
@@ -437,7 +443,6 @@ class Gateway:
             if status == "failed" and not record["error"]:
                 record["error"] = "the prediction failed without an error message"
             record["completed_at"] = now_iso()
-            record["started_at"] = record["started_at"] or (record["completed_at"] if status != "aborted" else None)
             metrics = dict(result.get("metrics") or {})
             if record["started_at"] and "predict_time" not in metrics:
                 metrics["predict_time"] = seconds_between(record["started_at"], record["completed_at"])
