@@ -204,7 +204,8 @@ class ImageRunner(BaseRunner):
         warm = self.images.generate(ImageRequest(prompt="warm-up", num_inference_steps=1, seed=0))
         timer.done("compile" if compile_cache is not None else "warmup")
 
-        if restored is not None and image_snapshot.recorded_fingerprint(restored) != image_snapshot.fingerprint(warm):
+        recorded = image_snapshot.recorded_fingerprint(restored) if restored is not None else None
+        if restored is not None and recorded != image_snapshot.fingerprint(warm):
             print("snapshot: warm-up picture differs from the snapshot's; discarding it", flush=True)
             snapshot.discard()
             restored = None

@@ -57,7 +57,8 @@ TINY_MERGE_WORDS = ("a", "red", "fox", "cat", "dog", "the", "in", "on", "of", "p
 
 def builtin_source(name: str, folder: Path) -> Path:
     if name not in BUILTIN_SOURCES:
-        raise ValueError(f"source builtin:{name}: unknown; the image model knows builtin:{', builtin:'.join(BUILTIN_SOURCES)}")
+        known = ", ".join(f"builtin:{n}" for n in BUILTIN_SOURCES)
+        raise ValueError(f"source builtin:{name}: unknown; the image model knows {known}")
     make_tiny_sd(Path(folder))
     return Path(folder)
 

@@ -67,3 +67,27 @@ def test_second_boot_restores_the_snapshot_and_naive_boot_agrees(image_server, i
     with CogServer(spec.naive_runner, env={**env, "COGKIT_SOURCE_PATH": str(source)}, setup_timeout=120) as naive:
         naive.start().wait_ready()
         assert data_uris(naive.predict(spec.bench_input)) == reference
+
+
+def test_snapshot_whose_warmup_differs_is_replaced(image_server, image_weights_root, tmp_path):
+    """A snapshot that is intact but records another warm-up picture no longer describes this
+    pipeline: the boot logs it, discards it and records a fresh one."""
+    import hashlib
+    import shutil
+
+    root = tmp_path / "weights"
+    shutil.copytree(image_weights_root, root)
+    [warmup] = (root / "image" / "snapshot").glob("*/warmup.json")
+    warmup.write_text(json.dumps({"fingerprint": "0" * 64}))
+    meta_path = warmup.parent / "snapshot.json"
+    meta = json.loads(meta_path.read_text())
+    meta["files"]["warmup.json"] = {"sha256": hashlib.sha256(warmup.read_bytes()).hexdigest(),
+                                    "size": warmup.stat().st_size}
+    meta_path.write_text(json.dumps(meta))
+    with CogServer(get_model("image").runner, env={"COGKIT_WEIGHTS_DIR": str(root)}, setup_timeout=120) as server:
+        server.start().wait_ready()
+        log = "\n".join(server.setup_log_lines())
+    assert "snapshot: restored" in log
+    assert "warm-up picture differs from the snapshot's; discarding it" in log
+    assert "snapshot: saved" in log
+    assert json.loads(warmup.read_text())["fingerprint"] != "0" * 64
