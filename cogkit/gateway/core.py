@@ -133,7 +133,6 @@ def make_model_entry(spec, schema: dict, created_at: str) -> ModelEntry:
 class Live:
     """A prediction that is queued or running (or just finished) in this gateway process."""
     record: dict
-    worker_input: dict
     events: list = field(default_factory=list)  # SSE (event, data) in order; ids are the indexes
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     file_urls: dict = field(default_factory=dict)  # data: URI -> stored file URL
@@ -251,13 +250,12 @@ class Gateway:
         if webhook:
             record["webhook"] = webhook
             record["webhook_events_filter"] = events
-        worker_input = self._inline_own_files(inputs)
         with self.lock:
-            self.live[pid] = Live(record=record, worker_input=worker_input)
+            self.live[pid] = Live(record=record)
             self.store.save_prediction(record)
         if deadline is not None and self.loop:
             self.loop.call_later(deadline, self._deadline_reached, pid)
-        self.workers[entry.name].submit(pid, worker_input)
+        self.workers[entry.name].submit(pid, inputs)
         return self.snapshot(pid)
 
     def _validate_input(self, entry: ModelEntry, inputs: dict) -> None:
@@ -272,12 +270,13 @@ class Gateway:
                     problems.append(f"{where or 'input'}: {e.message}")
             raise GatewayError(422, "Input validation failed", "; ".join(problems))
 
-    def _inline_own_files(self, value):
-        """This gateway's file URLs become data: URIs, so coglet reads them without a token or TLS."""
+    def resolve_inputs(self, value):
+        """This gateway's file URLs become data: URIs, so coglet reads them without a token or TLS.
+        Called by the worker thread just before the prediction runs (it reads the files)."""
         if isinstance(value, dict):
-            return {k: self._inline_own_files(v) for k, v in value.items()}
+            return {k: self.resolve_inputs(v) for k, v in value.items()}
         if isinstance(value, list):
-            return [self._inline_own_files(v) for v in value]
+            return [self.resolve_inputs(v) for v in value]
         if isinstance(value, str) and (file_id := self.files.own_file_id(value)):
             return self.files.as_data_uri(file_id)
         return value

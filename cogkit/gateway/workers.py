@@ -24,6 +24,7 @@ class PredictionSink(Protocol):
     """What a worker reports back to the gateway; every call comes from the worker's thread."""
 
     def is_canceled(self, prediction_id: str) -> bool: ...
+    def resolve_inputs(self, inputs: dict) -> dict: ...
     def on_start(self, prediction_id: str) -> None: ...
     def on_output(self, prediction_id: str, chunk) -> None: ...
     def on_log(self, prediction_id: str, text: str) -> None: ...
@@ -136,13 +137,18 @@ class ModelWorker:
             return
         if self.sink.is_canceled(pid):  # canceled while the server was booting
             return
+        try:
+            inputs = self.sink.resolve_inputs(job.inputs)
+        except OSError as e:
+            self.sink.on_done(pid, {"status": "failed", "error": f"an input file could not be read: {e}"})
+            return
         self.sink.on_start(pid)
         result = None
         try:
             if not supports_streaming(server.schema):  # coglet answers 406 to SSE for these
-                result = server.predict(job.inputs, pid)
+                result = server.predict(inputs, pid)
             else:
-                result = self._stream(server, job)
+                result = self._stream(server, pid, inputs)
         except ServerError as e:  # 422 and other refusals: the prediction's own fault
             if self._server_crashed() is None:
                 self.sink.on_done(pid, {"status": "failed", "error": str(e)})
@@ -164,9 +170,9 @@ class ModelWorker:
             return
         self.sink.on_done(pid, result)
 
-    def _stream(self, server: CogServer, job: Job) -> dict | None:
-        pid, result = job.prediction_id, None
-        for event, data in server.stream(job.inputs, pid):
+    def _stream(self, server: CogServer, pid: str, inputs: dict) -> dict | None:
+        result = None
+        for event, data in server.stream(inputs, pid):
             if event == "output":
                 self.sink.on_output(pid, data.get("chunk") if isinstance(data, dict) else data)
             elif event == "log":
