@@ -74,8 +74,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     scheme = "https" if args.tls_cert else "http"
     public_url = args.public_url or f"{scheme}://{args.host if args.host != '0.0.0.0' else '127.0.0.1'}:{args.port}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # with the default (every model), one predictor that cannot even be imported should not take
+    # the others down; models asked for by name must all work
     app, gateway = build_app(data_dir, public_url, names, tokens, args.setup_timeout, args.page_size,
-                             args.max_queue)
+                             args.max_queue, skip_broken=not args.models,
+                             warn=lambda text: err.print(f"[yellow]{text}[/yellow]"))
+    names = [name for name in names if name in gateway.models]
     if gateway.interrupted:
         err.print(f"marked {gateway.interrupted} interrupted prediction(s) failed")
     if made:

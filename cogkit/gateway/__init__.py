@@ -40,8 +40,10 @@ def load_tokens(config_path: Path, extra: list[str]) -> tuple[list[str], str | N
     return [token], token
 
 
-def model_catalog(names: list[str]) -> dict:
-    """ModelEntry per model name: its API schema (from the predictor, as `cog build` would) and version."""
+def model_catalog(names: list[str], skip_broken: bool = False, warn=print) -> dict:
+    """ModelEntry per model name: its API schema (from the predictor, as `cog build` would) and version.
+    A predictor that cannot be described is an error, or with `skip_broken` a warning (the gateway
+    then serves the others)."""
     from cogkit.gateway.core import make_model_entry
     from cogkit.gateway.files import iso
     from cogkit.schema import load_predictor_info, openapi_schema
@@ -52,7 +54,13 @@ def model_catalog(names: list[str]) -> dict:
     catalog = {}
     for name in names:
         spec = get_model(name)
-        schema = openapi_schema(load_predictor_info(spec.runner, root))
+        try:
+            schema = openapi_schema(load_predictor_info(spec.runner, root))
+        except Exception as e:
+            if not skip_broken:
+                raise ValueError(f"cannot describe the {name} model's predictor {spec.runner}: {e}") from e
+            warn(f"skipping {name}: cannot describe its predictor {spec.runner}: {e}")
+            continue
         source = root / spec.runner.split(":", 1)[0]
         created = datetime.fromtimestamp(source.stat().st_mtime, timezone.utc) if source.exists() \
             else datetime.now(timezone.utc)
@@ -61,13 +69,17 @@ def model_catalog(names: list[str]) -> dict:
 
 
 def build_app(data_dir: Path, public_url: str, model_names: list[str], tokens: list[str],
-              setup_timeout: float = 900, page_size: int = 100, max_queue: int = 1000):
+              setup_timeout: float = 900, page_size: int = 100, max_queue: int = 1000,
+              skip_broken: bool = False, warn=print):
     from starlette.applications import Starlette
 
     from cogkit.gateway.app import create_app
     from cogkit.gateway.core import Gateway
 
-    gateway = Gateway(data_dir, public_url, model_catalog(model_names), setup_timeout=setup_timeout,
+    catalog = model_catalog(model_names, skip_broken, warn)
+    if not catalog:
+        raise ValueError("no model to serve")
+    gateway = Gateway(data_dir, public_url, catalog, setup_timeout=setup_timeout,
                       page_size=page_size, max_queue=max_queue)
     app: Starlette = create_app(gateway, tokens)
 
