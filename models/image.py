@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 
 BUILTIN_SOURCES = ("tiny-sd",)
+# What the predictor uses of a pipeline (a UNet-based Stable Diffusion: SD 1.x/2.x, SDXL, sdxl-turbo).
+REQUIRED_PARTS = ("unet", "vae", "tokenizer", "text_encoder", "scheduler")
 
 
 def runtime_dtype() -> str:
@@ -30,6 +32,12 @@ def convert(source: Path, out: Path, dtype: str) -> dict:
     source = Path(source)
     if not (source / "model_index.json").is_file():
         raise ValueError(f"source: {source} is not a diffusers pipeline folder (no model_index.json)")
+    index = json.loads((source / "model_index.json").read_text())
+    missing = [part for part in REQUIRED_PARTS if part not in index]
+    if missing:
+        raise ValueError(f"source: {source} holds a {index.get('_class_name', 'pipeline')} without "
+                         f"{', '.join(missing)}; the image predictor runs UNet-based Stable Diffusion "
+                         "pipelines (SD 1.x/2.x, SDXL, sdxl-turbo)")
     pipe = DiffusionPipeline.from_pretrained(source, dtype=getattr(torch, dtype), local_files_only=True)
     pipe.save_pretrained(out, safe_serialization=True)
     return {"dtype": dtype, **pipeline_facts(pipe)}

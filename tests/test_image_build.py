@@ -70,6 +70,17 @@ def test_a_folder_that_is_not_a_pipeline_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_pipeline_without_a_unet_is_refused(tmp_path):
+    source = tmp_path / "flux"
+    source.mkdir()
+    (source / "model_index.json").write_text(json.dumps({
+        "_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "scheduler": ["diffusers", "X"]}))
+    with pytest.raises(ValueError, match="FluxPipeline without unet; the image predictor runs UNet-based"):
+        build_weights("image", source=str(source), dtype="float32", dest=tmp_path / "out", log=lambda *a: None)
+
+
 def test_unknown_builtin_is_refused(tmp_path):
     with pytest.raises(ValueError, match="builtin:tiny-sd"):
         build_weights("image", source="builtin:huge-sd", dtype="float32", dest=tmp_path / "out",
