@@ -176,26 +176,75 @@ class ImageRunner(BaseRunner):
         timer = SetupTimer()
         import torch
 
-        from cogkit.snapshot import Snapshot, use_compile_cache
+        from cogkit.snapshot import Snapshot
         from cogkit.weights import read_manifest
-        from models import image_snapshot
+        from models import image_fastpath
         from models.image import compiles_unet, compute_dtype, snapshot_extra
-        from models.image_generation import ImageGenerator, ImageRequest, import_runtime, load_pipeline
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-        import_runtime()
-        timer.done("imports")
+        timer.done("imports")  # torch only; a full boot adds diffusers' and transformers' below
         folder, dev = weights_folder("image"), device()
         manifest = read_manifest(folder)
         dtype = compute_dtype(manifest["dtype"], dev)
         print(f"setup: weights {folder} ({manifest['dtype']}, from {manifest['source']}); "
               f"running in {dtype} on {dev}", flush=True)
-        pipe = load_pipeline(folder, dev, dtype)
-        timer.done("load")
-
         use_snapshot = os.environ.get("COGKIT_SNAPSHOT", "1") == "1"
         snapshot = Snapshot(folder, dev, extra=snapshot_extra(dev, folder))
         restored = snapshot.restore() if use_snapshot else None
+        # A snapshot with a fast path boots without diffusers/transformers (models/image_fastpath.py);
+        # requests it does not serve load the full pipeline on first use.
+        fast, rerecord = image_fastpath.load(restored, dev, compiles_unet(dev),
+                                             full=lambda: self._full_generator(folder, dev, dtype))
+        if fast is not None and self._warm_up_fast(fast, restored, timer):
+            self.images = fast
+            self.setup_phases = timer.phases
+            return
+        if fast is not None:
+            print("snapshot: warm-up picture differs from the snapshot's; discarding it", flush=True)
+        if fast is not None or rerecord:
+            snapshot.discard()
+            restored = None
+        self._setup_full(folder, dev, dtype, snapshot, restored, use_snapshot, timer)
+
+    def _warm_up_fast(self, fast, restored, timer) -> bool:
+        """Warm the fast path up; whether its picture is the one the snapshot recorded."""
+        from models import image_snapshot
+        from models.image_generation import ImageRequest
+
+        timer.done("load")
+        try:
+            warm = fast.generate_fast(ImageRequest(prompt="warm-up", num_inference_steps=1, seed=0))
+        except Exception as e:  # noqa: BLE001 - a broken fast path means a full boot, not a failed one
+            print(f"fast path: warm-up failed ({type(e).__name__}: {e})", flush=True)
+            return False
+        timer.done("warmup")
+        if image_snapshot.recorded_fingerprint(restored) != image_snapshot.fingerprint(warm):
+            return False
+        print("setup: fast path (no diffusers/transformers imported)", flush=True)
+        return True
+
+    @staticmethod
+    def _full_generator(folder, dev, dtype):
+        """The diffusers pipeline, for requests the fast path does not serve (no compile: the fast
+        path only exists where the UNet is not compiled)."""
+        from models.image_generation import ImageGenerator, import_runtime, load_pipeline
+
+        import_runtime()
+        generator = ImageGenerator(load_pipeline(folder, dev, dtype), dev)
+        generator.optimise(compile_unet=False)
+        return generator
+
+    def _setup_full(self, folder, dev, dtype, snapshot, restored, use_snapshot, timer) -> None:
+        from cogkit.snapshot import use_compile_cache
+        from models import image_fastpath, image_snapshot
+        from models.image import compiles_unet
+        from models.image_generation import ImageGenerator, ImageRequest, import_runtime, load_pipeline
+
+        import_runtime()
+        timer.done("imports")  # diffusers and transformers (replaces the torch-only figure above)
+        pipe = load_pipeline(folder, dev, dtype)
+        timer.done("load")
+
         compile_cache = use_compile_cache(restored) if compiles_unet(dev) else None
         self.images = ImageGenerator(pipe, dev)
         if done := self.images.optimise(compile_unet=compile_cache is not None):
@@ -210,7 +259,12 @@ class ImageRunner(BaseRunner):
             snapshot.discard()
             restored = None
         if restored is None and use_snapshot:
-            snapshot.save(image_snapshot.snapshot_filler(warm, timer.phases, compile_cache))
+            images = self.images
+
+            def fastpath(into):
+                image_fastpath.record(images, into, dev, compiled=compile_cache is not None)
+
+            snapshot.save(image_snapshot.snapshot_filler(warm, timer.phases, compile_cache, fastpath))
             timer.done("snapshot")
         self.setup_phases = timer.phases
 

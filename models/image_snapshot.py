@@ -4,6 +4,8 @@
   with the same key compares its own warm-up with it; when they differ the snapshot no longer
   describes this pipeline and is replaced. A snapshot never changes an output.
 - the torch.compile caches (cogkit.snapshot.save_compile_cache), when the UNet is compiled (GPU).
+- `fastpath/`: what a boot needs to serve without importing diffusers or transformers
+  (models/image_fastpath.py), when the pipeline allows it (CPU, Stable Diffusion with Euler).
 """
 
 import hashlib
@@ -28,8 +30,9 @@ def recorded_fingerprint(restored: Path) -> str | None:
         return None
 
 
-def snapshot_filler(images, phases: dict, compile_cache: Path | None):
-    """The `fill` for Snapshot.save: the warm-up fingerprint and, when compiled, the compile caches."""
+def snapshot_filler(images, phases: dict, compile_cache: Path | None, fastpath=None):
+    """The `fill` for Snapshot.save: the warm-up fingerprint, when compiled the compile caches, and
+    what `fastpath(folder)` records (it logs instead of raising)."""
 
     def fill(folder: Path) -> None:
         (folder / WARMUP_FILE).write_text(json.dumps({"fingerprint": fingerprint(images), "phases": phases}))
@@ -37,5 +40,7 @@ def snapshot_filler(images, phases: dict, compile_cache: Path | None):
             from cogkit.snapshot import save_compile_cache
 
             save_compile_cache(compile_cache, folder)
+        if fastpath is not None:
+            fastpath(folder)
 
     return fill
