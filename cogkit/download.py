@@ -23,9 +23,16 @@ class DownloadError(Exception):
     pass
 
 
-def probe(session: requests.Session, url: str) -> tuple[int | None, bool]:
+def probe(session: requests.Session, url: str, retries: int) -> tuple[int | None, bool]:
     """Size of the resource and whether the server honours byte ranges."""
-    resp = session.get(url, headers={"Range": "bytes=0-0"}, stream=True, timeout=30)
+    for attempt in range(retries + 1):
+        try:
+            resp = session.get(url, headers={"Range": "bytes=0-0"}, stream=True, timeout=30)
+            break
+        except (requests.ConnectionError, requests.Timeout) as e:
+            if attempt == retries:
+                raise DownloadError(f"{url}: cannot connect after {retries} retries: {e}") from None
+            time.sleep(min(0.2 * 2 ** (attempt + 1), 5))
     resp.close()
     if resp.status_code == 206:
         total = resp.headers.get("Content-Range", "").rpartition("/")[2]
@@ -84,7 +91,7 @@ def download(url: str, dest: Path, sha256: str | None = None, workers: int = 4, 
     session.headers.update(headers)
     fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        size, ranged = probe(session, url)
+        size, ranged = probe(session, url, retries)
         if ranged and size:
             os.ftruncate(fd, size)
             ranges = [(a, min(a + chunk, size) - 1) for a in range(0, size, chunk)]
