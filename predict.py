@@ -3,7 +3,6 @@
 Heavy imports (torch, the model code) happen in setup(), so that describing the inputs stays cheap.
 """
 
-import json
 import os
 import random
 import sys
@@ -64,7 +63,8 @@ class LLMRunner(BaseRunner):
         timer = SetupTimer()
         import torch
 
-        from cogkit.snapshot import Snapshot, save_compile_cache, use_compile_cache
+        from cogkit.snapshot import (Snapshot, recorded_warmup, save_compile_cache, use_compile_cache,
+                                     write_warmup)
         from cogkit.weights import read_manifest
         from models.llm import compile_enabled, snapshot_extra
         from models.text_generation import TextGenerator
@@ -88,18 +88,14 @@ class LLMRunner(BaseRunner):
         warm_tokens = self.llm.warmup()
         timer.done("warmup")
 
-        if restored is not None:
-            try:
-                recorded = json.loads((restored / "warmup.json").read_text())["tokens"]
-            except (OSError, ValueError, KeyError):
-                recorded = None
-            if recorded != warm_tokens:  # the snapshot no longer describes this model: replace it
-                print("snapshot: warm-up output differs from the snapshot's; discarding it", flush=True)
-                snapshot.discard()
-                restored = None
+        if restored is not None and recorded_warmup(restored, "tokens") != warm_tokens:
+            # The snapshot no longer describes this model: replace it.
+            print("snapshot: warm-up output differs from the snapshot's; discarding it", flush=True)
+            snapshot.discard()
+            restored = None
         if restored is None and os.environ.get("COGKIT_SNAPSHOT", "1") == "1":
             def fill(into: Path) -> None:
-                (into / "warmup.json").write_text(json.dumps({"tokens": warm_tokens, "phases": timer.phases}))
+                write_warmup(into, tokens=warm_tokens, phases=timer.phases)
                 if compile_cache is not None:
                     save_compile_cache(compile_cache, into)
 
@@ -403,16 +399,16 @@ class WhisperRunner(BaseRunner):
         # weights or the code changed under the same key, and replaces it. It never changes an output.
         if os.environ.get("COGKIT_SNAPSHOT", "1") != "1":
             return
-        from cogkit.snapshot import Snapshot
+        from cogkit.snapshot import Snapshot, recorded_warmup, write_warmup
 
         snap = Snapshot(folder, dev)
         restored = snap.restore()
         if restored is not None:
-            if json.loads((restored / "warmup.json").read_text())["text"] == warm:
+            if recorded_warmup(restored, "text") == warm:
                 return
             print("snapshot: warm-up transcript differs from the snapshot's; discarding it", flush=True)
             snap.discard()
-        snap.save(lambda into: (into / "warmup.json").write_text(json.dumps({"text": warm, "phases": timer.phases})))
+        snap.save(lambda into: write_warmup(into, text=warm, phases=timer.phases))
         timer.done("snapshot")
 
     def run(

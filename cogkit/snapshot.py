@@ -143,6 +143,27 @@ class Snapshot:
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ---------------------------------------------------------------- warm-up records
+
+WARMUP_FILE = "warmup.json"
+
+
+def write_warmup(folder: Path, **record) -> None:
+    """Record what this boot's warm-up produced (tokens, a transcript, a picture's fingerprint …)."""
+    (Path(folder) / WARMUP_FILE).write_text(json.dumps(record))
+
+
+def recorded_warmup(restored: Path | None, field: str):
+    """What a snapshot recorded of its warm-up; None when absent or unreadable, which callers treat
+    as a mismatch (a rebuilt snapshot), never as a failed boot."""
+    if restored is None:
+        return None
+    try:
+        return json.loads((restored / WARMUP_FILE).read_text())[field]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def verify_snapshot(model: str, device: str | None = None, extra: dict | None = None) -> list[str]:
     """Problems with MODEL's snapshot for this machine (used by `cogkit check`)."""
     from models import get_model

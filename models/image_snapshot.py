@@ -9,10 +9,7 @@
 """
 
 import hashlib
-import json
 from pathlib import Path
-
-WARMUP_FILE = "warmup.json"
 
 
 def fingerprint(images) -> str:
@@ -24,18 +21,19 @@ def fingerprint(images) -> str:
 
 
 def recorded_fingerprint(restored: Path) -> str | None:
-    try:
-        return json.loads((restored / WARMUP_FILE).read_text()).get("fingerprint")
-    except (OSError, ValueError):
-        return None
+    from cogkit.snapshot import recorded_warmup
+
+    return recorded_warmup(restored, "fingerprint")
 
 
 def snapshot_filler(images, phases: dict, compile_cache: Path | None, fastpath=None):
     """The `fill` for Snapshot.save: the warm-up fingerprint, when compiled the compile caches, and
     what `fastpath(folder)` records (it logs instead of raising)."""
 
+    from cogkit.snapshot import write_warmup
+
     def fill(folder: Path) -> None:
-        (folder / WARMUP_FILE).write_text(json.dumps({"fingerprint": fingerprint(images), "phases": phases}))
+        write_warmup(folder, fingerprint=fingerprint(images), phases=phases)
         if compile_cache is not None:
             from cogkit.snapshot import save_compile_cache
 
