@@ -121,8 +121,12 @@ class CogServer:
             except ValueError:
                 lines.append(raw)
                 continue
-            if entry.get("target") == "coglet::setup":
-                lines.append(entry.get("fields", {}).get("message", ""))
+            fields = entry.get("fields", {})
+            # Setup output is logged under coglet::setup; a line that reaches coglet just after setup
+            # returned can land under another target, but only prediction output has a prediction_id.
+            if entry.get("target") == "coglet::setup" or (
+                    fields.get("source") in ("Stdout", "Stderr") and "prediction_id" not in fields):
+                lines.append(fields.get("message", ""))
         return lines
 
     def _settled_setup_log(self, patience: float = 2.0) -> list[str]:
