@@ -3,6 +3,7 @@
 Heavy imports (torch, the model code) happen in setup(), so that describing the inputs stays cheap.
 """
 
+import json
 import os
 import random
 import sys
@@ -37,6 +38,10 @@ class SetupTimer:
         self.phases[phase] = now - self._last
         self._last = now
         print(f"setup: {phase} took {self.phases[phase]:.2f}s", flush=True)
+        if report := os.environ.get("COGKIT_SETUP_REPORT"):  # read by `cogkit bench boot`
+            tmp = f"{report}.tmp"
+            Path(tmp).write_text(json.dumps(self.phases))
+            os.replace(tmp, report)
 
 
 def logged_setup(fn):

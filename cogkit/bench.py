@@ -39,11 +39,15 @@ def boot_once(runner: str, env: dict, bench_input: dict, timeout: float = 1800) 
     """Boot a fresh server, time READY and the first streamed output, collect the output."""
     from cogkit.server import CogServer
 
-    with CogServer(runner, env=env, setup_timeout=timeout) as server:
+    report = Path(tempfile.mkdtemp(prefix="cogkit-bench-")) / "setup.json"
+    with CogServer(runner, env={**env, "COGKIT_SETUP_REPORT": str(report)}, setup_timeout=timeout) as server:
         server.start()
         server.wait_ready()
-        ready = time.monotonic() - server.started_at
-        phases = {m[1]: float(m[2]) for line in server.setup_log_lines() if (m := PHASE.match(line.strip()))}
+        ready = server.ready_at - server.started_at
+        # Phases from the predictor's own report (SetupTimer), else from its log lines.
+        phases = json.loads(report.read_text()) if report.is_file() else {
+            m[1]: float(m[2]) for line in server.setup_log_lines() if (m := PHASE.match(line.strip()))}
+        shutil.rmtree(report.parent, ignore_errors=True)
         sent = time.monotonic()
         first, final = None, {}
         if server.schema["paths"]["/predictions"]["post"].get("x-cog-streaming"):

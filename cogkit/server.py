@@ -74,6 +74,7 @@ class CogServer:
         self.workdir = Path(tempfile.mkdtemp(prefix="cogkit-server-"))
         self.log_path = self.workdir / "server.log"
         self.proc: subprocess.Popen | None = None
+        self.started_at = self.ready_at = None
         self.schema: dict = {}
         self.http = requests.Session()
 
@@ -133,7 +134,7 @@ class CogServer:
         """The setup log once it stops growing: the traceback may land just after the status flips."""
         lines, deadline = self.setup_log_lines(), time.monotonic() + patience
         while time.monotonic() < deadline:
-            time.sleep(0.2)
+            time.sleep(0.1)
             newer = self.setup_log_lines()
             if newer == lines:
                 break
@@ -150,6 +151,10 @@ class CogServer:
             health = self.health()
             status = (health or {}).get("status")
             if status in ("READY", "BUSY"):
+                self.ready_at = time.monotonic()
+                # coglet may log setup's last lines a moment after READY; let them land before anyone
+                # reads setup_log_lines() (the server is already serving meanwhile).
+                self._settled_setup_log(patience=1.0)
                 return health
             if status in ("SETUP_FAILED", "DEFUNCT", "UNHEALTHY"):
                 logs = (health.get("setup") or {}).get("logs") or ""
