@@ -9,8 +9,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from cogkit.build import build_weights  # noqa: E402
-from cogkit.server import CogServer  # noqa: E402
 from cogkit.weights import project_root, read_manifest  # noqa: E402
+from tests.servers import serving  # noqa: E402
 from tests.tiny_models import make_tiny_llama_source  # noqa: E402
 
 ROOT = project_root()
@@ -34,9 +34,7 @@ def tiny_weights_root(tmp_path_factory, tiny_llm_source):
 
 @pytest.fixture(scope="session")
 def llm_server(tiny_weights_root):
-    with CogServer("predict.py:LLMRunner", env={"COGKIT_WEIGHTS_DIR": str(tiny_weights_root)},
-                   setup_timeout=120) as server:
-        server.start().wait_ready()
+    with serving("predict.py:LLMRunner", tiny_weights_root) as server:
         yield server
 
 

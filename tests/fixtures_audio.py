@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cogkit.build import build_weights
-from cogkit.server import CogServer
+from tests.servers import serving
 from cogkit.weights import project_root, read_manifest
 
 ROOT = project_root()
@@ -61,17 +61,13 @@ def real_tts_weights():
 
 @pytest.fixture(scope="session")
 def whisper_server(real_whisper_weights):
-    with CogServer("predict.py:WhisperRunner", env={"COGKIT_WEIGHTS_DIR": str(real_whisper_weights.parent)},
-                   setup_timeout=180) as server:
-        server.start().wait_ready()
+    with serving("predict.py:WhisperRunner", real_whisper_weights.parent, setup_timeout=180) as server:
         yield server
 
 
 @pytest.fixture(scope="session")
 def tts_server(real_tts_weights):
-    with CogServer("predict.py:TTSRunner", env={"COGKIT_WEIGHTS_DIR": str(real_tts_weights.parent)},
-                   setup_timeout=180) as server:
-        server.start().wait_ready()
+    with serving("predict.py:TTSRunner", real_tts_weights.parent, setup_timeout=180) as server:
         yield server
 
 
@@ -84,9 +80,7 @@ def tiny_vits_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_vits_server(tiny_vits_root):
-    with CogServer("predict.py:TTSRunner", env={"COGKIT_WEIGHTS_DIR": str(tiny_vits_root)},
-                   setup_timeout=180) as server:
-        server.start().wait_ready()
+    with serving("predict.py:TTSRunner", tiny_vits_root, setup_timeout=180) as server:
         yield server
 
 

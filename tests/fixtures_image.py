@@ -4,7 +4,7 @@ builder into a temporary weights root, and the real coglet server running ImageR
 import pytest
 
 from cogkit.build import build_weights
-from cogkit.server import CogServer
+from tests.servers import serving
 
 
 @pytest.fixture(scope="session")
@@ -17,9 +17,7 @@ def image_weights_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def image_server(image_weights_root):
-    with CogServer("predict.py:ImageRunner", env={"COGKIT_WEIGHTS_DIR": str(image_weights_root)},
-                   setup_timeout=120) as server:
-        server.start().wait_ready()
+    with serving("predict.py:ImageRunner", image_weights_root) as server:
         yield server
 
 

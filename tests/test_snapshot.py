@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from cogkit import snapshot as snapshot_mod
-from cogkit.server import CogServer
+from tests.servers import serving
 from cogkit.snapshot import SNAPSHOT_MANIFEST, Snapshot, snapshot_extra
 
 INPUT = {"prompt": "Tell me a story", "max_new_tokens": 12, "temperature": 0.8, "seed": 11}
@@ -22,8 +22,7 @@ def weights_root(tiny_weights_root, tmp_path):
 
 def boot(root):
     """Boot the real server on `root`; return (output text, setup log lines)."""
-    with CogServer("predict.py:LLMRunner", env={"COGKIT_WEIGHTS_DIR": str(root)}, setup_timeout=120) as server:
-        server.start().wait_ready()
+    with serving("predict.py:LLMRunner", root) as server:
         result = server.predict(INPUT)
         assert result["status"] == "succeeded", result
         return "".join(result["output"]), server.setup_log_lines()
