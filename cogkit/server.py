@@ -75,6 +75,7 @@ class CogServer:
         self.log_path = self.workdir / "server.log"
         self.proc: subprocess.Popen | None = None
         self.started_at = self.ready_at = None
+        self.ready_setup_logs: list[str] = []  # setup's output as /health-check reported it at READY
         self.schema: dict = {}
         self.http = requests.Session()
 
@@ -110,7 +111,12 @@ class CogServer:
             return None
 
     def setup_log_lines(self) -> list[str]:
-        """What the predictor's setup printed so far, taken from coglet's JSON log."""
+        """What the predictor's setup printed so far: coglet's JSON log, plus any line that only the
+        health check's setup logs had when the server became READY."""
+        lines = self._logged_setup_lines()
+        return lines + [line for line in self.ready_setup_logs if line not in lines]
+
+    def _logged_setup_lines(self) -> list[str]:
         lines = []
         try:
             text = self.log_path.read_text(errors="replace")
@@ -152,6 +158,10 @@ class CogServer:
             status = (health or {}).get("status")
             if status in ("READY", "BUSY"):
                 self.ready_at = time.monotonic()
+                self.ready_setup_logs = [
+                    line.removeprefix("[coglet::setup] ")
+                    for line in ((health.get("setup") or {}).get("logs") or "").splitlines()
+                    if line.startswith("[coglet::setup] ")]
                 # coglet may log setup's last lines a moment after READY; let them land before anyone
                 # reads setup_log_lines() (the server is already serving meanwhile).
                 self._settled_setup_log(patience=1.0)
