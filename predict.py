@@ -45,7 +45,8 @@ class SetupTimer:
 
 
 def logged_setup(fn):
-    """coglet drops the traceback of a failed setup(); print it so the caller can see the cause."""
+    """coglet loses what setup() printed in its last moments (the traceback of a failure, the last
+    line of a success): print the cause of a failure first, and let the log capture drain."""
 
     def setup(self) -> None:
         try:
@@ -54,8 +55,10 @@ def logged_setup(fn):
             print(f"setup failed: {type(e).__name__}: {e}", flush=True)
             traceback.print_exc(file=sys.stderr)
             sys.stderr.flush()
-            time.sleep(0.2)  # let coglet's log capture drain before the worker reports failure
+            time.sleep(0.2)
             raise
+        sys.stdout.flush()
+        time.sleep(0.05)
 
     return setup
 
