@@ -11,7 +11,7 @@ import time
 import traceback
 from pathlib import Path
 
-from cog import BaseRunner, ConcatenateIterator, Input
+from cog import AsyncConcatenateIterator, BaseRunner, Input
 
 ROOT = Path(__file__).resolve().parent
 
@@ -82,7 +82,10 @@ class LLMRunner(BaseRunner):
         folder, dev = weights_folder("llm"), device()
         manifest = read_manifest(folder)
         print(f"setup: weights {folder} ({manifest['dtype']}, from {manifest['source']})", flush=True)
-        self.llm = TextGenerator(folder, dev)
+        # Up to COG_MAX_CONCURRENCY predictions run at once, batched step by step by one engine.
+        max_batch = int(os.environ.get("COG_MAX_CONCURRENCY", "1"))
+        self.llm = TextGenerator(folder, dev, max_batch=max_batch)
+        print(f"setup: up to {max_batch} concurrent generations", flush=True)
         timer.done("load")
 
         snapshot = Snapshot(folder, dev, extra=snapshot_extra(dev))
@@ -111,7 +114,7 @@ class LLMRunner(BaseRunner):
             timer.done("snapshot")
         self.setup_phases = timer.phases
 
-    def run(
+    async def run(
         self,
         prompt: str = Input(description="Text prompt to send to the model.", min_length=1),
         system_prompt: str | None = Input(
@@ -142,7 +145,9 @@ class LLMRunner(BaseRunner):
             description="Random seed for sampling; leave empty for a random one. Same seed and inputs give the same text.",
             default=None, ge=0, le=2**63 - 1,
         ),
-    ) -> ConcatenateIterator[str]:
+    ) -> AsyncConcatenateIterator[str]:
+        import asyncio
+
         from models.text_generation import GenerationStats, Sampling
 
         if seed is None:
@@ -151,10 +156,13 @@ class LLMRunner(BaseRunner):
         stops = [s for s in (stop_sequences or "").split(",") if s]
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             top_k=top_k, seed=seed)
-        prompt_ids = self.llm.encode(self.llm.format_prompt(prompt, system_prompt))
         stats = GenerationStats()
         try:
-            yield from self.llm.generate(prompt_ids, sampling, stops, stats)
+            # Off the event loop: other predictions keep streaming while a long prompt is counted.
+            prompt_ids = await asyncio.to_thread(
+                lambda: self.llm.encode_prompt(self.llm.format_prompt(prompt, system_prompt)))
+            async for piece in self.llm.agenerate(prompt_ids, sampling, stops, stats):
+                yield piece
         finally:
             self.record_metric("input_token_count", stats.input_tokens)
             self.record_metric("output_token_count", stats.output_tokens)

