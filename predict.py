@@ -11,7 +11,7 @@ import time
 import traceback
 from pathlib import Path
 
-from cog import AsyncConcatenateIterator, BaseRunner, Input
+from cog import BaseRunner, ConcatenateIterator, Input
 
 ROOT = Path(__file__).resolve().parent
 
@@ -114,7 +114,7 @@ class LLMRunner(BaseRunner):
             timer.done("snapshot")
         self.setup_phases = timer.phases
 
-    async def run(
+    def run(
         self,
         prompt: str = Input(description="Text prompt to send to the model.", min_length=1),
         system_prompt: str | None = Input(
@@ -145,10 +145,8 @@ class LLMRunner(BaseRunner):
             description="Random seed for sampling; leave empty for a random one. Same seed and inputs give the same text.",
             default=None, ge=0, le=2**63 - 1,
         ),
-    ) -> AsyncConcatenateIterator[str]:
-        import asyncio
-
-        from models.text_generation import GenerationStats, Sampling
+    ) -> ConcatenateIterator[str]:
+        from models.text_generation import Sampling
 
         if seed is None:
             seed = random.SystemRandom().randrange(2**31)
@@ -156,20 +154,51 @@ class LLMRunner(BaseRunner):
         stops = [s for s in (stop_sequences or "").split(",") if s]
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             top_k=top_k, seed=seed)
+        # Before the stream starts: a prompt that cannot fit fails at once, without tokenising it all.
+        prompt_ids = self.llm.encode_prompt(self.llm.format_prompt(prompt, system_prompt))
+        return self._stream(prompt_ids, sampling, stops)
+
+    def _stream(self, prompt_ids, sampling, stops):
+        from models.text_generation import GenerationStats
+
         stats = GenerationStats()
         try:
-            # Off the event loop: other predictions keep streaming while a long prompt is counted.
-            prompt_ids = await asyncio.to_thread(
-                lambda: self.llm.encode_prompt(self.llm.format_prompt(prompt, system_prompt)))
-            async for piece in self.llm.agenerate(prompt_ids, sampling, stops, stats):
-                yield piece
+            # The engine batches this request with the others in flight. When coglet cancels the
+            # prediction (an exception raised in this generator), closing it drops the request.
+            yield from self.llm.generate(prompt_ids, sampling, stops, stats)
         finally:
             self.record_metric("input_token_count", stats.input_tokens)
             self.record_metric("output_token_count", stats.output_tokens)
             self.record_metric("time_to_first_token", round(stats.time_to_first_token, 4))
             self.record_metric("tokens_per_second", round(stats.tokens_per_second, 2))
-            self.record_metric("seed", seed)
+            self.record_metric("seed", sampling.seed)
             self.record_metric("stop_reason", stats.stop_reason)
+
+
+def concurrent_run(run):
+    """coglet (0.23) runs predictions side by side only for an `async def run`. An async generator's
+    output would reach the client only at the end (coglet collects it), but a coroutine that returns
+    a plain generator streams, each iterated on its own thread. So: the same run(), as a coroutine
+    (its prompt counting off the event loop) returning the token stream. Caveat, measured: coglet
+    does not deliver a cancel to such a returned stream, so at concurrency > 1 a cancelled
+    prediction runs to its token limit (see README, "LLM serving")."""
+    import asyncio
+    import functools
+    import inspect
+
+    # coglet passes only the inputs a request gave; the Input() defaults are filled in here.
+    defaults = {name: getattr(p.default, "default", p.default)
+                for name, p in inspect.signature(run).parameters.items() if name != "self"}
+
+    @functools.wraps(run)
+    async def run_async(self, **inputs):
+        return await asyncio.to_thread(run, self, **{**defaults, **inputs})
+
+    return run_async
+
+
+if int(os.environ.get("COG_MAX_CONCURRENCY", "1")) > 1:
+    LLMRunner.run = concurrent_run(LLMRunner.run)
 
 
 # ---------------------------------------------------------------- image generation

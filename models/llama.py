@@ -1,5 +1,7 @@
 """A small Llama decoder in plain PyTorch, in the spirit of gpt-fast, built for batched decoding.
 
+The same decoder runs Mistral, Qwen2/2.5 and Qwen3: what differs between the families (biases, q/k
+norms, sliding windows, rope scaling) is read from config.json by `models/llm_families.py`.
 Parameter names follow Hugging Face's `LlamaForCausalLM`, except that the query/key/value projections
 are one `qkv_proj` and the MLP's gate/up projections one `gate_up_proj` (as in Phi-3): one matmul
 instead of three (two) per layer. The build step stores them fused; `fuse_projections` also fuses an
@@ -15,7 +17,7 @@ only over the filled part of the cache (up to the largest position in the batch)
 import json
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,27 +35,42 @@ class LlamaConfig:
     num_key_value_heads: int
     max_position_embeddings: int
     rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
+    rope: dict = field(default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0})
     tie_word_embeddings: bool = True
     bos_token_id: int | None = None
     eos_token_id: list[int] = field(default_factory=list)
+    model_type: str = "llama"
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    attention_bias: bool = False  # q, k and v projections
+    o_proj_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False  # RMSNorm of each query and key head before the rotation (Qwen3)
+    sliding_window: int | None = None
+    sliding_layers: list[bool] = field(default_factory=list)  # which layers see only the window
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def __post_init__(self):
+        self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
+        self.sliding_layers = list(self.sliding_layers) or [False] * self.num_hidden_layers
 
     @classmethod
     def from_file(cls, path: Path) -> "LlamaConfig":
-        raw = json.loads(Path(path).read_text())
-        eos = raw.get("eos_token_id")
-        raw["eos_token_id"] = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        from models.llm_families import config_fields
+
+        return cls(**config_fields(json.loads(Path(path).read_text())))
 
     def to_hf_dict(self) -> dict:
-        """The config.json that transformers reads as a `LlamaConfig`, too."""
+        """The config.json that transformers reads as this family's config, too (here: llama)."""
+        rope = dict(self.rope)
         return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-                "attention_bias": False, "mlp_bias": False, **asdict(self)}
+                "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+                "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_hidden_layers,
+                "num_attention_heads": self.num_attention_heads,
+                "num_key_value_heads": self.num_key_value_heads, "head_dim": self.head_dim,
+                "max_position_embeddings": self.max_position_embeddings, "rms_norm_eps": self.rms_norm_eps,
+                "rope_parameters": rope, "rope_theta": rope["rope_theta"],
+                "tie_word_embeddings": self.tie_word_embeddings, "bos_token_id": self.bos_token_id,
+                "eos_token_id": self.eos_token_id, "attention_bias": self.attention_bias,
+                "mlp_bias": self.mlp_bias}
 
 
 FUSED = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -142,12 +159,15 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-def rope_table(length: int, head_dim: int, theta: float, dtype: torch.dtype, device) -> torch.Tensor:
-    """cos and sin of every position up to `length`, stacked: [2, length, head_dim]. Computed once."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
-    freqs = torch.arange(length, device=device).float()[:, None] * inv_freq[None, :]
+def rope_table(cfg: LlamaConfig, dtype: torch.dtype, device) -> torch.Tensor:
+    """cos and sin of every position in the context, stacked: [2, context, head_dim]. Computed once.
+    (Dynamic scaling only changes frequencies past the context, which the model never reaches.)"""
+    from models.llm_families import inv_frequencies
+
+    inv_freq, scale = inv_frequencies(cfg.rope, cfg.head_dim, cfg.max_position_embeddings, None, device)
+    freqs = torch.arange(cfg.max_position_embeddings, device=device).float()[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
-    return torch.stack((emb.cos(), emb.sin())).to(dtype)
+    return torch.stack((emb.cos() * scale, emb.sin() * scale)).to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -163,14 +183,17 @@ class Batch:
     positions: torch.Tensor  # [B, T] absolute positions of the new tokens
     kv_len: int  # keys attended: cache positions 0 .. kv_len-1 (the filled part)
     mask: torch.Tensor  # [B, 1, T, kv_len] True where a query may see a key
+    window_mask: torch.Tensor  # the same for sliding-window layers (Mistral, some Qwen)
 
     @classmethod
-    def make(cls, first_slot: int, positions: torch.Tensor, kv_len: int | None = None) -> "Batch":
+    def make(cls, first_slot: int, positions: torch.Tensor, kv_len: int | None = None,
+             window: int | None = None) -> "Batch":
         # A caller that knows the lengths passes kv_len (no device sync); it may round it up.
         kv_len = int(positions.max()) + 1 if kv_len is None else kv_len
-        keys = torch.arange(kv_len, device=positions.device)
-        mask = (keys[None, None, :] <= positions[:, :, None])[:, None]
-        return cls(first_slot, positions, kv_len, mask)
+        keys = torch.arange(kv_len, device=positions.device)[None, None, :]
+        mask = (keys <= positions[:, :, None])[:, None]
+        window_mask = (mask & (keys > positions[:, :, None] - window)[:, None]) if window else mask
+        return cls(first_slot, positions, kv_len, mask, window_mask)
 
 
 class KVCache(nn.Module):
@@ -196,33 +219,39 @@ class KVCache(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, sliding: bool = False):
         super().__init__()
         self.cfg = cfg
+        self.sliding = sliding
         hd = cfg.head_dim
         self.q_size, self.kv_size = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
-        self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=False)
-        self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=False)
+        self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
+        self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=cfg.o_proj_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x, cos, sin, batch: Batch):
         b, t, _ = x.shape
         hd = self.cfg.head_dim
         q, k, v = self.qkv_proj(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
-        q = q.view(b, t, -1, hd).transpose(1, 2)
-        k = k.view(b, t, -1, hd).transpose(1, 2)
-        v = v.view(b, t, -1, hd).transpose(1, 2)
+        q, k, v = q.view(b, t, -1, hd), k.view(b, t, -1, hd), v.view(b, t, -1, hd)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k, v = self.kv_cache.update(batch, k, v)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.mask, enable_gqa=True)
+        mask = batch.window_mask if self.sliding else batch.mask
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x):
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -230,9 +259,9 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, sliding: bool = False):
         super().__init__()
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, sliding)
         self.mlp = MLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -246,7 +275,7 @@ class Backbone(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, sliding) for sliding in cfg.sliding_layers)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
@@ -287,8 +316,7 @@ class Llama(nn.Module):
             layer.self_attn.kv_cache = new
         self.cache_slots, self.cache_len = slots, max_len
         if self.rope is None:
-            self.rope = rope_table(self.cfg.max_position_embeddings, self.cfg.head_dim,
-                                   self.cfg.rope_theta, self.dtype, self.device)
+            self.rope = rope_table(self.cfg, self.dtype, self.device)
 
     def move_slot(self, src: int, dst: int, length: int) -> None:
         """Copy one sequence's cache to another slot (to keep the running sequences contiguous)."""
@@ -299,7 +327,7 @@ class Llama(nn.Module):
                 all_logits: bool = False, kv_len: int | None = None) -> torch.Tensor:
         """Logits of each row's last token ([B, vocab]), or of every token with `all_logits`
         ([B, T, vocab]). `input_ids` and `positions` are [B, T]; row i uses cache slot first_slot+i."""
-        batch = Batch.make(first_slot, positions, kv_len)
+        batch = Batch.make(first_slot, positions, kv_len, self.cfg.sliding_window)
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rope[:, positions][:, :, None]  # [B, 1, T, hd]: broadcast over heads
         for layer in self.model.layers:
