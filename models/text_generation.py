@@ -141,10 +141,12 @@ class TextGenerator:
             pass
         return stats.token_ids
 
-    def format_prompt(self, prompt: str, system_prompt: str | None) -> str:
+    def format_prompt(self, prompt: str, system_prompt: str | None, history: list[dict] = ()) -> str:
+        """The model's input text; `history` holds earlier {role, content} turns (the `messages` input)."""
         if self.chat_template is None:
-            return prompt if not system_prompt else f"{system_prompt}\n\n{prompt}"
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+            turns = [m["content"] for m in history] + [prompt]
+            return "\n\n".join(([system_prompt] if system_prompt else []) + turns)
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + list(history)
         messages.append({"role": "user", "content": prompt})
         return self.chat_template.render(messages=messages, add_generation_prompt=True, **self.special)
 
