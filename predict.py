@@ -17,7 +17,11 @@ ROOT = Path(__file__).resolve().parent
 
 
 def weights_folder(model: str) -> Path:
-    return Path(os.environ.get("COGKIT_WEIGHTS_DIR") or ROOT / "weights") / model
+    """weights/MODEL, where MODEL is COGKIT_MODEL when set (another model served by the same predictor,
+    e.g. a second LLM added with `cogkit new`), else `model`."""
+    from models import served_model
+
+    return Path(os.environ.get("COGKIT_WEIGHTS_DIR") or ROOT / "weights") / served_model(model)
 
 
 def device() -> str:
