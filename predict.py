@@ -13,6 +13,11 @@ from pathlib import Path
 
 from cog import BaseRunner, ConcatenateIterator, Input
 
+from cogkit.inputs import checked_inputs, install_download_hooks
+
+# File inputs: bounded downloads, and failures reported with the input's name (cogkit/inputs.py).
+install_download_hooks()
+
 ROOT = Path(__file__).resolve().parent
 
 
@@ -111,6 +116,7 @@ class LLMRunner(BaseRunner):
             timer.done("snapshot")
         self.setup_phases = timer.phases
 
+    @checked_inputs
     def run(
         self,
         prompt: str = Input(description="Text prompt to send to the model.", min_length=1),
@@ -272,6 +278,7 @@ class ImageRunner(BaseRunner):
             timer.done("snapshot")
         self.setup_phases = timer.phases
 
+    @checked_inputs
     def run(
         self,
         prompt: str = Input(description="What the picture should show.", min_length=1, max_length=2000),
@@ -419,6 +426,7 @@ class WhisperRunner(BaseRunner):
         snap.save(lambda into: write_warmup(into, text=warm, phases=timer.phases))
         timer.done("snapshot")
 
+    @checked_inputs
     def run(
         self,
         audio: CogPath = Input(description="Audio to transcribe: wav, flac, ogg or mp3; any sample rate and "
@@ -491,6 +499,7 @@ class TTSRunner(BaseRunner):
     def weights(self) -> Path:
         return weights_folder("tts")
 
+    @checked_inputs
     def run(
         self,
         text: str = Input(description="Text to speak, up to 5000 characters; long text is spoken sentence "

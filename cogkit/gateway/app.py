@@ -15,6 +15,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from cogkit.gateway.core import Gateway, GatewayError, parse_prefer_wait
+from cogkit.gateway.validation import MAX_BODY, read_json_object
 
 log = logging.getLogger("cogkit.gateway")
 
@@ -27,17 +28,10 @@ def problem(status: int, title: str, detail: str, headers: dict | None = None) -
                         media_type="application/problem+json", headers=headers)
 
 
-async def json_body(request: Request) -> dict:
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise GatewayError(400, "Invalid JSON", "the request body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise GatewayError(400, "Invalid JSON", "the request body must be a JSON object")
-    return body
+def create_app(gateway: Gateway, tokens: list[str], max_body: int = MAX_BODY) -> Starlette:
+    async def json_body(request: Request) -> dict:
+        return await read_json_object(request, max_body)
 
-
-def create_app(gateway: Gateway, tokens: list[str]) -> Starlette:
     def authorized(request: Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() in ("bearer", "token") and any(
