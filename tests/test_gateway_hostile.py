@@ -2,6 +2,9 @@
 naming the field before anything is stored, and the gateway keeps serving."""
 
 import json
+import signal
+import threading
+import time
 
 import pytest
 import requests
@@ -119,5 +122,75 @@ def test_a_stored_row_with_nan_does_not_break_the_listing(tmp_path, gateway_weig
         assert listed.status_code == 200, listed.text[:300]
         assert listed.json()["results"][0]["input"] == {"temperature": None}
         assert gw.get("/v1/predictions/old").json()["metrics"] == {"x": None}
+    finally:
+        gw.stop()
+
+
+class HangingReceiver:
+    """Takes a webhook POST and does not answer until released; records whether the sender was
+    still waiting (the connection open) at a given moment."""
+
+    def __init__(self):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        self.got_request = threading.Event()
+        self.sender_gave_up = threading.Event()
+        self.release = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import select
+
+        conn, _ = self.sock.accept()
+        conn.recv(65536)
+        self.got_request.set()
+        while not self.release.is_set():
+            if select.select([conn], [], [], 0.05)[0] and conn.recv(1) == b"":
+                self.sender_gave_up.set()  # the sender closed the connection (its timeout)
+                break
+        if not self.sender_gave_up.is_set():
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        conn.close()
+
+
+def test_a_hanging_webhook_receiver_delays_only_its_own_deliveries(gateway, webhook_receiver):
+    hanging = HangingReceiver()
+    try:
+        first = post(gateway, "/v1/models/local/llm/predictions",
+                     json.dumps({"input": SHORT, "webhook": hanging.url,
+                                 "webhook_events_filter": ["completed"]}).encode())
+        assert first.status_code == 201
+        assert hanging.got_request.wait(120), "the first prediction's webhook never came"
+        second = post(gateway, "/v1/models/local/llm/predictions",
+                      json.dumps({"input": SHORT, "webhook": webhook_receiver.url,
+                                  "webhook_events_filter": ["completed"]}).encode(), Prefer="wait")
+        assert second.json()["status"] == "succeeded"
+        pid = second.json()["id"]
+        deadline = time.monotonic() + 60
+        while not webhook_receiver.for_prediction(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # delivered while the sender was still waiting on the hanging receiver, not after its timeout
+        assert webhook_receiver.for_prediction(pid)
+        assert not hanging.sender_gave_up.is_set()
+    finally:
+        hanging.release.set()
+
+
+def test_model_servers_end_with_a_killed_gateway(tmp_path, gateway_weights_root):
+    from tests.test_gateway import LONG
+
+    gw = GatewayProcess(tmp_path / "data", gateway_weights_root, None).start()
+    try:
+        running = post(gw, "/v1/models/local/llm/predictions", json.dumps({"input": LONG}).encode()).json()
+        deadline = time.monotonic() + 120
+        while gw.get(f"/v1/predictions/{running['id']}").json()["status"] != "processing":
+            assert time.monotonic() < deadline, "the prediction never started"
+            time.sleep(0.1)
+        assert gw.workers()["llm"]["pid"]
+        assert gw.stop(signal.SIGKILL) == []  # the coglet server and its worker died with the gateway
     finally:
         gw.stop()
