@@ -12,7 +12,6 @@ import requests
 from cogkit.gateway.store import Store
 from models import MODELS
 from tests.fixtures_gateway import TOKEN, GatewayProcess
-from tests.test_gateway_image import image_weights  # noqa: F401 - the fixture builds the image weights once
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SHORT = {"prompt": "Hello there", "max_new_tokens": 3, "temperature": 1.0, "seed": 5}
