@@ -72,6 +72,11 @@ def logged_setup(fn):
     return setup
 
 
+# 1 Mi characters is about 256k tokens, beyond the context of every model here: a longer prompt cannot
+# fit, so the schema refuses it (422) before it reaches the tokenizer.
+MAX_PROMPT_CHARS = 1 << 20
+
+
 class LLMRunner(BaseRunner):
     """Chat-style text generation with token streaming (default: SmolLM2-135M-Instruct)."""
 
@@ -123,10 +128,11 @@ class LLMRunner(BaseRunner):
     @checked_inputs
     def run(
         self,
-        prompt: str = Input(description="Text prompt to send to the model.", min_length=1),
+        prompt: str = Input(description="Text prompt to send to the model.", min_length=1,
+                            max_length=MAX_PROMPT_CHARS),
         system_prompt: str | None = Input(
             description="System prompt that sets the assistant's behaviour. Empty uses the model's default.",
-            default=None,
+            default=None, max_length=MAX_PROMPT_CHARS,
         ),
         max_new_tokens: int = Input(
             description="Maximum number of tokens to generate. A word is about 1.3 tokens.",
@@ -146,7 +152,7 @@ class LLMRunner(BaseRunner):
         ),
         stop_sequences: str | None = Input(
             description="Comma-separated texts that end generation, e.g. '<end>,Question:'. The stop text is not returned.",
-            default=None,
+            default=None, max_length=1000,
         ),
         seed: int | None = Input(
             description="Random seed for sampling; leave empty for a random one. Same seed and inputs give the same text.",

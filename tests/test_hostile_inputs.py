@@ -206,6 +206,8 @@ def test_llm_refuses_hostile_input(llm_server):
     refused(llm_server, {**short, "max_new_tokens": 2.5}, "max_new_tokens")
     refused(llm_server, {**short, "top_k": -1}, "top_k")
     refused(llm_server, {**short, "prompt": ""}, "prompt")
+    refused(llm_server, {**short, "prompt": "a" * ((1 << 20) + 1)}, "prompt")
+    refused(llm_server, {**short, "prompt": "Hi", "stop_sequences": "," * 1001}, "stop_sequences")
     refused(llm_server, {**short, "temperature": "warm"}, "temperature")
     assert_malformed_bodies_refused(llm_server)
     exact = assert_ready_and_serving(llm_server, {**short, "seed": 5})["output"]
