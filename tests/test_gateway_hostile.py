@@ -69,6 +69,11 @@ def test_gateway_refuses_bodies_over_the_limit(gateway):
     resp = requests.post(f"{gateway.url}/v1/models/local/llm/predictions", data=chunks, verify=gateway.verify,
                          headers={**AUTH, "Content-Type": "application/json"}, timeout=120)
     assert resp.status_code == 413 and stored_ids(gateway) == before
+    # every route that reads JSON, also the OpenAI-compatible one
+    chat = json.dumps({"model": "local/llm", "messages": [{"role": "user", "content": "a" * (33 << 20)}]}).encode()
+    assert_refused(gateway, chat, 413, "larger than", path="/v1/chat/completions")
+    nested = b'{"model": "local/llm", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert_refused(gateway, nested, 400, "nested", path="/v1/chat/completions")
 
 
 def test_integral_floats_are_the_integers_on_the_gateway(gateway):

@@ -7,6 +7,8 @@ import math
 import re
 import urllib.parse
 
+from starlette.responses import JSONResponse
+
 from cogkit.gateway.errors import GatewayError
 from cogkit.inputs import clip, data_uri_problem, why_not_a_file
 
@@ -14,22 +16,12 @@ MAX_BODY = 32 * 1024 * 1024  # bytes of a JSON request body (`cogkit gateway --m
 MAX_DEPTH = 32  # nesting of JSON arrays/objects in a request body
 
 
-async def read_json_object(request, max_body: int = MAX_BODY) -> dict:
-    """The request body as a JSON object, read at most `max_body` bytes far."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_body:
-        raise too_large(max_body)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_body:
-            raise too_large(max_body)
-        chunks.append(chunk)
+async def read_json_object(request) -> dict:
+    """The request body as a JSON object (BodyLimit has bounded its size)."""
     try:
-        body = json.loads(b"".join(chunks))
+        body = json.loads(await request.body())
     except RecursionError:
-        raise GatewayError(400, "Invalid JSON", f"the request body is nested more than {MAX_DEPTH} levels deep") \
-            from None
+        raise too_deep() from None
     except (ValueError, UnicodeDecodeError) as e:
         raise GatewayError(400, "Invalid JSON", f"the request body is not valid JSON ({e})") from None
     if not isinstance(body, dict):
@@ -44,6 +36,43 @@ def too_large(max_body: int) -> GatewayError:
                         "POST /v1/files and pass their URL")
 
 
+def too_deep() -> GatewayError:
+    return GatewayError(400, "Invalid JSON", f"the request body is nested more than {MAX_DEPTH} levels deep")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 before a route stores anything: at
+    once when Content-Length says so, else as soon as the bytes read pass the limit (chunked bodies).
+    Uploads (POST /v1/files) have their own, larger limit."""
+
+    def __init__(self, app, limit: int = MAX_BODY, exempt: tuple = ("/v1/files",)):
+        self.app, self.limit, self.exempt = app, limit, exempt
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            error = too_large(self.limit)
+            response = JSONResponse({"title": error.title, "detail": error.detail, "status": error.status},
+                                    status_code=error.status, media_type="application/problem+json")
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise too_large(self.limit)  # inside the route: answered as problem+json
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
 def check_values(body: dict) -> None:
     """Walk the body without recursion: its depth, non-finite numbers (Python's json reads NaN,
     Infinity and 1e999), and strings that are not valid Unicode (lone surrogates from \\ud800)."""
@@ -51,7 +80,7 @@ def check_values(body: dict) -> None:
     while stack:
         value, where, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise GatewayError(400, "Invalid JSON", f"the request body is nested more than {MAX_DEPTH} levels deep")
+            raise too_deep()
         if isinstance(value, dict):
             stack.extend((v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in value.items())
         elif isinstance(value, list):
