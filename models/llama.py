@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.llm_families import inv_frequencies
+
 
 @dataclass
 class LlamaConfig:
@@ -162,7 +164,6 @@ class RMSNorm(nn.Module):
 def rope_table(cfg: LlamaConfig, dtype: torch.dtype, device) -> torch.Tensor:
     """cos and sin of every position in the context, stacked: [2, context, head_dim]. Computed once.
     (Dynamic scaling only changes frequencies past the context, which the model never reaches.)"""
-    from models.llm_families import inv_frequencies
 
     inv_freq, scale = inv_frequencies(cfg.rope, cfg.head_dim, cfg.max_position_embeddings, None, device)
     freqs = torch.arange(cfg.max_position_embeddings, device=device).float()[:, None] * inv_freq[None, :]
