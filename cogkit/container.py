@@ -68,10 +68,12 @@ def container_server(spec, args, port=None, host="127.0.0.1", log=print) -> Cont
     image = getattr(args, "image", None)
     gpu = False
     if not image:
+        # A GPU model gets its CUDA image only where a GPU can run it; elsewhere its CPU build.
         result = build(spec.name, base=getattr(args, "base", None), engine_name=getattr(args, "engine", None),
+                       gpu=None if has_gpu() else False,
                        log=lambda line: log(line) if line.startswith("build:") else None)
         log(f"build: {result.tag} is up to date ({result.seconds:.1f}s)")
-        image, gpu = result.tag, result.gpu and has_gpu()
+        image, gpu = result.tag, result.gpu
     return ContainerServer(image, spec.runner, port=port, host=host, setup_timeout=args.setup_timeout,
                            engine_name=getattr(args, "engine", None), gpu=gpu)
 

@@ -44,8 +44,10 @@ class BuildResult:
     steps: list = field(default_factory=list)
 
 
-def default_tag(model: str) -> str:
-    return f"cogkit-{model}:latest"
+def default_tag(model: str, gpu: bool, config_gpu: bool) -> str:
+    """`cogkit-MODEL:latest` is the image cog.yaml describes; a CPU build of a GPU model (to run it
+    on a machine without a GPU) is `cogkit-MODEL:cpu`, and the reverse `:gpu`."""
+    return f"cogkit-{model}:{'latest' if gpu == config_gpu else ('gpu' if gpu else 'cpu')}"
 
 
 def default_base() -> str:
@@ -206,7 +208,6 @@ def build(model: str, tag: str | None = None, base: str | None = None, engine_na
 
     started = time.monotonic()
     root = Path(root or project_root())
-    tag = tag or default_tag(model)
     base = base or default_base()
     engine = find_engine(engine_name)
     try:
@@ -214,7 +215,9 @@ def build(model: str, tag: str | None = None, base: str | None = None, engine_na
     except ShipError as e:
         raise BuildError(str(e)) from None
     config = selection.config
-    gpu = bool(config["build"].get("gpu")) if gpu is None else gpu
+    config_gpu = bool(config["build"].get("gpu"))
+    gpu = config_gpu if gpu is None else gpu
+    tag = tag or default_tag(model, gpu, config_gpu)
     requirements = root / config["build"].get("python_requirements", "requirements.txt")
     if not requirements.is_file():
         raise BuildError(f"build.python_requirements: {requirements} does not exist")
@@ -318,7 +321,7 @@ def cmd_build(args) -> int:
 def add_commands(sub, model_help: str) -> None:
     p = sub.add_parser("build", help="build the model's container image (what `cog build` makes), no Cog CLI")
     p.add_argument("model", help=model_help)
-    p.add_argument("--tag", "-t", help="image name (default: cogkit-MODEL:latest)")
+    p.add_argument("--tag", "-t", help="image name (default: cogkit-MODEL:latest; :cpu for a --cpu build of a GPU model)")
     p.add_argument("--base", help=f"base image with Python 3.11 (default: {DEFAULT_BASE}, or COGKIT_BASE_IMAGE); "
                    "scripts/make-base-image.sh makes one offline")
     p.add_argument("--engine", choices=["docker", "podman"], help="default: the first that answers")
