@@ -91,19 +91,25 @@ def concurrency(config: dict) -> int | None:
     return int(value) if value else None
 
 
-def dockerfile(base: str, torch: str | None, sdk: list[str], runner: str, snapshot: bool,
-               concurrency_max: int | None, gpu: bool) -> str:
+def deps_dockerfile(base: str, torch: str | None, sdk: list[str]) -> str:
     pip = "/opt/venv/bin/pip install --no-index --find-links /tmp/wheels --no-cache-dir --disable-pip-version-check"
     torch_step = f"{pip} '{torch}' && " if torch else ""
-    lines = [
-        "# Written by `cogkit build`; the build context is regenerated at every build.",
-        f"FROM {base} AS deps",
+    return "\n".join([
+        "# Written by `cogkit build`: the model's Python dependencies, installed from the host's wheelhouse.",
+        f"FROM {base}",
         "COPY wheels /tmp/wheels",
         "COPY requirements.txt constraints.txt /tmp/",
         # torch alone first: pip must not pick any other build of it for a dependant.
         f"RUN python3 -m venv /opt/venv && {torch_step}"
         f"{pip} -c /tmp/constraints.txt -r /tmp/requirements.txt {' '.join(sdk)}",
         "",
+    ])
+
+
+def dockerfile(base: str, deps_image: str, runner: str, snapshot: bool, concurrency_max: int | None,
+               gpu: bool) -> str:
+    lines = [
+        "# Written by `cogkit build`; the build context is regenerated at every build.",
         f"FROM {base}",
         # Cog's images run tini as PID 1 (signals, zombie reaping); the offline Debian base has it.
         "RUN command -v tini >/dev/null || (apt-get update -qq && apt-get install -qqy --no-install-recommends "
@@ -114,7 +120,7 @@ def dockerfile(base: str, torch: str | None, sdk: list[str], runner: str, snapsh
         lines.append("ENV NVIDIA_DRIVER_CAPABILITIES=all "
                      "LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu:/usr/local/nvidia/lib64:/usr/local/nvidia/bin")
     lines += [
-        "COPY --from=deps /opt/venv /opt/venv",
+        f"COPY --from={deps_image} /opt/venv /opt/venv",
         "WORKDIR /src",
         "COPY weights /src/weights",
         "COPY src /src",
@@ -150,11 +156,8 @@ def git_facts(root: Path) -> dict:
     return labels
 
 
-def prepare_context(context: Path, model: str, root: Path, selection, schema: dict, wheels: list[Path],
-                    requirements: Path, constraints: Path, text: str) -> None:
-    from cogkit.ship_config import render
-    from cogkit.weights import weights_dir
-
+def prepare_deps_context(context: Path, wheels: list[Path], requirements: Path, constraints: Path,
+                         text: str) -> None:
     if context.exists():
         shutil.rmtree(context)
     (context / "wheels").mkdir(parents=True)
@@ -162,6 +165,16 @@ def prepare_context(context: Path, model: str, root: Path, selection, schema: di
         link_or_copy(wheel, context / "wheels" / wheel.name)
     shutil.copy2(requirements, context / "requirements.txt")
     shutil.copy2(constraints, context / "constraints.txt")
+    (context / "Dockerfile").write_text(text)
+
+
+def prepare_context(context: Path, model: str, root: Path, selection, schema: dict, text: str) -> None:
+    from cogkit.ship_config import render
+    from cogkit.weights import weights_dir
+
+    if context.exists():
+        shutil.rmtree(context)
+    context.mkdir(parents=True)
     folder = weights_dir(model)
     for path in weight_files(folder):
         link_or_copy(path, context / "weights" / model / path.relative_to(folder))
@@ -233,32 +246,35 @@ def build(model: str, tag: str | None = None, base: str | None = None, engine_na
     log(f"build: wheels for {requirements.relative_to(root)} ({'GPU' if gpu else 'CPU'} torch)")
     wheel_dir, wheels = download(model, requirements, sdk, gpu, log=log)
     torch = torch_requirement(requirements, gpu)
-    context = root / ".cogkit" / "build" / model
-    text = dockerfile(base, torch, sdk, runner, selection.snapshot, concurrency(config), gpu)
-    prepare_context(context, model, root, selection, schema, wheels, requirements,
-                    wheel_dir / "constraints.txt", text)
+    work = root / ".cogkit" / "build" / model
 
-    # The deps stage first (cached after the first build) to read `pip freeze` for the label.
+    # Two builds, two contexts: the dependencies (wheels only), then the image (weights and code),
+    # so neither sends the other's files to the engine, and `pip freeze` is read in between.
     deps_tag = f"cogkit-deps-{model}:{'gpu' if gpu else 'cpu'}"
-    run_step(engine.build_cmd("--target", "deps", "-t", deps_tag, str(context)), engine.build_env(), log,
+    prepare_deps_context(work / "deps", wheels, requirements, wheel_dir / "constraints.txt",
+                         deps_dockerfile(base, torch, sdk))
+    log(f"build: dependencies ({len(wheels)} wheels) -> {deps_tag}")
+    run_step(engine.build_cmd("-t", deps_tag, str(work / "deps")), engine.build_env(), log,
              f"building the dependencies of {model}")
     freeze = subprocess.run(engine.run_cmd("--rm", "--entrypoint", "/opt/venv/bin/python", deps_tag,
                                            "-m", "pip", "freeze", "--disable-pip-version-check"),
                             capture_output=True, text=True)
     if freeze.returncode != 0:
         raise BuildError(f"pip freeze in {deps_tag} failed: {freeze.stderr.strip()[-500:]}")
-    import cog
 
     labels = {
-        "run.cog.version": getattr(cog, "__version__", None) or sdk[0].split("==")[1],
+        "run.cog.version": sdk[0].split("==")[1],  # the Cog SDK inside the image
         "run.cog.config": json.dumps(config, separators=(",", ":")),
         "run.cog.openapi_schema": json.dumps(schema, separators=(",", ":")),
         "run.cog.pip_freeze": freeze.stdout.strip(),
         "run.cog.has_init": "true",
         **git_facts(root),
     }
+    prepare_context(work / "image", model, root, selection, schema,
+                    dockerfile(base, deps_tag, runner, selection.snapshot, concurrency(config), gpu))
+    log(f"build: code, weights/{model}{' and the boot snapshot' if selection.snapshot else ''} -> {tag}")
     label_args = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
-    run_step(engine.build_cmd(*label_args, "-t", tag, str(context)), engine.build_env(), log,
+    run_step(engine.build_cmd(*label_args, "-t", tag, str(work / "image")), engine.build_env(), log,
              f"building {tag}")
     image_id = subprocess.run(engine.cmd("image", "inspect", "--format", "{{.Id}}", tag),
                               capture_output=True, text=True).stdout.strip()
