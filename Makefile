@@ -1,5 +1,5 @@
 # The two commands of the README's quick start.
-.PHONY: demo test setup weights js-client test-containers
+.PHONY: demo test test-slow setup weights js-client test-containers
 
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE = 1
@@ -29,3 +29,7 @@ test: setup js-client
 # Needs a running Docker or Podman; `source .ci/engine.sh && engine_start` sets one up.
 test-containers: setup
 	COGKIT_TEST_BIG_IMAGES=1 .venv/bin/python -m pytest -q tests/test_container.py tests/test_container_llm.py
+
+# End-to-end checks too slow for every CI run (e.g. `cogkit new` of an image, whisper and tts model).
+test-slow: setup
+	COGKIT_SLOW_TESTS=1 .venv/bin/python -m pytest -q tests/test_new.py

@@ -6,6 +6,7 @@ used: its key holds the Python and package versions, which differ between the ho
 """
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def main(argv: list[str]) -> int:
     from cogkit.snapshot import verify_snapshot
     from models import MODELS
 
-    model = next((m.name for m in MODELS.values() if m.runner == argv[0]), None)
+    model = os.environ.get("COGKIT_MODEL") or next((m.name for m in MODELS.values() if m.runner == argv[0]), None)
     problems = verify_snapshot(model) if model else [f"no model runs {argv[0]}"]
     for problem in problems:
         print(f"boot_once: snapshot not recorded: {problem}", file=sys.stderr)

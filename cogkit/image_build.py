@@ -107,7 +107,7 @@ def deps_dockerfile(base: str, torch: str | None, sdk: list[str]) -> str:
 
 
 def dockerfile(base: str, deps_image: str, runner: str, snapshot: bool, concurrency_max: int | None,
-               gpu: bool) -> str:
+               gpu: bool, environment: list[str] | None = None) -> str:
     lines = [
         "# Written by `cogkit build`; the build context is regenerated at every build.",
         f"FROM {base}",
@@ -119,6 +119,10 @@ def dockerfile(base: str, deps_image: str, runner: str, snapshot: bool, concurre
     if gpu:
         lines.append("ENV NVIDIA_DRIVER_CAPABILITIES=all "
                      "LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu:/usr/local/nvidia/lib64:/usr/local/nvidia/bin")
+    # cog.yaml's `environment:` (e.g. COGKIT_MODEL, which names the model a shared predictor serves).
+    for entry in environment or []:
+        key, _, value = entry.partition("=")
+        lines.append(f"ENV {key}={json.dumps(value)}")
     lines += [
         f"COPY --from={deps_image} /opt/venv /opt/venv",
         "WORKDIR /src",
@@ -271,7 +275,8 @@ def build(model: str, tag: str | None = None, base: str | None = None, engine_na
         **git_facts(root),
     }
     prepare_context(work / "image", model, root, selection, schema,
-                    dockerfile(base, deps_tag, runner, selection.snapshot, concurrency(config), gpu))
+                    dockerfile(base, deps_tag, runner, selection.snapshot, concurrency(config), gpu,
+                               config.get("environment")))
     log(f"build: code, weights/{model}{' and the boot snapshot' if selection.snapshot else ''} -> {tag}")
     label_args = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
     run_step(engine.build_cmd(*label_args, "-t", tag, str(work / "image")), engine.build_env(), log,
