@@ -216,7 +216,7 @@ def base_hint(base: str) -> str:
 
 
 def build(model: str, tag: str | None = None, base: str | None = None, engine_name: str | None = None,
-          gpu: bool | None = None, root: Path | None = None, log=print) -> BuildResult:
+          gpu: bool | None = None, root: Path | None = None, log=print, no_cache: bool = False) -> BuildResult:
     from cogkit.engine import find_engine
     from cogkit.schema import load_predictor_info, openapi_schema
     from cogkit.ship_config import ShipError, select
@@ -258,7 +258,8 @@ def build(model: str, tag: str | None = None, base: str | None = None, engine_na
     prepare_deps_context(work / "deps", wheels, requirements, wheel_dir / "constraints.txt",
                          deps_dockerfile(base, torch, sdk))
     log(f"build: dependencies ({len(wheels)} wheels) -> {deps_tag}")
-    run_step(engine.build_cmd("-t", deps_tag, str(work / "deps")), engine.build_env(), log,
+    cache = ["--no-cache"] if no_cache else []
+    run_step(engine.build_cmd(*cache, "-t", deps_tag, str(work / "deps")), engine.build_env(), log,
              f"building the dependencies of {model}")
     freeze = subprocess.run(engine.run_cmd("--rm", "--entrypoint", "/opt/venv/bin/python", deps_tag,
                                            "-m", "pip", "freeze", "--disable-pip-version-check"),
@@ -279,7 +280,7 @@ def build(model: str, tag: str | None = None, base: str | None = None, engine_na
                                config.get("environment")))
     log(f"build: code, weights/{model}{' and the boot snapshot' if selection.snapshot else ''} -> {tag}")
     label_args = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
-    run_step(engine.build_cmd(*label_args, "-t", tag, str(work / "image")), engine.build_env(), log,
+    run_step(engine.build_cmd(*cache, *label_args, "-t", tag, str(work / "image")), engine.build_env(), log,
              f"building {tag}")
     image_id = subprocess.run(engine.cmd("image", "inspect", "--format", "{{.Id}}", tag),
                               capture_output=True, text=True).stdout.strip()

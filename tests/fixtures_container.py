@@ -93,13 +93,8 @@ def local_registry(tmp_path_factory):
 
 
 def project_copy(dest: Path) -> Path:
-    """A copy of this project's code and requirement files (not its weights, locks or git state), so
-    that a test can change code or record a push lock without touching the checkout."""
-    for name in ("predict.py", "pyproject.toml", "requirements.txt", "requirements-dev.txt", ".dockerignore"):
-        shutil.copy2(ROOT / name, dest / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("cogkit", "models", "requirements"):
-        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
-    for lock in (dest / "models" / "locks").glob("*.json"):
-        lock.unlink()
-    return dest
+    """A copy of this project's code (not its weights, locks or git state), so that a test can change
+    code or record a push lock without touching the checkout."""
+    from cogkit.container_bench import project_copy as copy
+
+    return copy(ROOT, dest)
