@@ -11,6 +11,8 @@ Versions: the model's requirement file, constrained by what the development venv
 (`torch==V+cpu`); a GPU image gets PyPI's default (CUDA) build of `torch==V` and its nvidia wheels.
 """
 
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -93,7 +95,17 @@ def download(model: str, requirements: Path, extra: list[str], gpu: bool, log=pr
     dest = wheelhouse_root() / ("cuda" if gpu else "cpu") / model
     dest.mkdir(parents=True, exist_ok=True)
     constraints = dest / "constraints.txt"
-    constraints.write_text("\n".join(host_constraints()) + "\n")
+    wanted = "\n".join(host_constraints()) + "\n"
+    # Unchanged requirements and venv: the wheels of the last download, without asking pip again.
+    key = hashlib.sha256(json.dumps([requirements.read_text(), wanted, extra, gpu]).encode()).hexdigest()
+    stamp = dest / "download.json"
+    if stamp.is_file() and constraints.is_file():
+        last = json.loads(stamp.read_text())
+        wheels = [dest / name for name in last.get("wheels", [])]
+        if last.get("key") == key and wheels and all(w.is_file() for w in wheels):
+            log(f"wheelhouse: {len(wheels)} wheels in {dest} (unchanged)")
+            return dest, wheels
+    constraints.write_text(wanted)
     env = {**os.environ}
     wheels: list[Path] = []
     torch = torch_requirement(requirements, gpu)
@@ -117,4 +129,5 @@ def download(model: str, requirements: Path, extra: list[str], gpu: bool, log=pr
     missing = [w for w in unique if not w.is_file()]
     if missing:
         raise WheelhouseError(f"pip reported wheels that are not in {dest}: {', '.join(w.name for w in missing)}")
+    stamp.write_text(json.dumps({"key": key, "wheels": [w.name for w in unique]}))
     return dest, unique

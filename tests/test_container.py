@@ -13,7 +13,7 @@ from cogkit.schema import load_predictor_info, openapi_schema
 from tests.fixtures_container import ROOT, project_copy
 
 FOX = "The quick brown fox jumps over the lazy dog."
-TAG = "cogkit-test-tts:ci"
+TAG = f"cogkit-test-tts:{os.getpid()}"  # several test sessions may share one engine
 
 
 def cogkit(*args, env=None, cwd=ROOT, timeout=1800):
@@ -102,7 +102,7 @@ def test_a_code_change_rebuilds_the_code_layers_only(engine, base_image, tts_ima
     with open(root / "predict.py", "a") as f:
         f.write("\n# a code change\n")
     lines: list[str] = []
-    result = build("tts", tag="cogkit-test-tts:changed", base=base_image, root=root, log=lines.append)
+    result = build("tts", tag=f"{TAG}-changed", base=base_image, root=root, log=lines.append)
     try:
         text = "\n".join(lines)
         steps = text.split("Step ")
@@ -114,7 +114,7 @@ def test_a_code_change_rebuilds_the_code_layers_only(engine, base_image, tts_ima
         assert result.image_id != subprocess.run(engine.cmd("image", "inspect", "--format", "{{.Id}}", tts_image),
                                                  capture_output=True, text=True).stdout.strip()
     finally:
-        subprocess.run(engine.cmd("rmi", "--force", "cogkit-test-tts:changed"), capture_output=True)
+        subprocess.run(engine.cmd("rmi", "--force", f"{TAG}-changed"), capture_output=True)
 
 
 def test_push_without_cog_to_a_local_registry_keeps_labels_and_schema(engine, base_image, tts_image,

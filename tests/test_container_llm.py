@@ -13,7 +13,7 @@ from tests.test_container import cogkit
 
 pytestmark = pytest.mark.skipif(os.environ.get("COGKIT_TEST_BIG_IMAGES") != "1",
                                 reason="the LLM image (~2 GB) is built by `make test-containers`")
-TAG = "cogkit-test-llm:cpu"
+TAG = f"cogkit-test-llm:{os.getpid()}"
 PROMPT = "What is the capital of France?"
 
 
