@@ -128,3 +128,11 @@ def test_a_failed_prediction_is_one_error_not_retried(gateway, chat, gateway_cli
     assert len(made) == 1 and made[0].status == "failed"  # x-should-retry: false kept the client from retrying
     with pytest.raises(openai.APIError, match="does not fit the model's context"):
         list(chat.chat.completions.create(model="local/llm", messages=too_long, max_tokens=4, stream=True))
+
+
+def test_bodies_that_are_not_json_objects_are_400_in_openai_shape(gateway):
+    url, auth = f"{gateway.url}/v1/chat/completions", {"Authorization": f"Bearer {TOKEN}"}
+    for body in (b"[1, 2]", b"{nope", b'{"model": "local/llm", "messages": [], "temperature": NaN}'):
+        resp = requests.post(url, data=body, headers={**auth, "Content-Type": "application/json"},
+                             verify=gateway.verify)
+        assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error", resp.text
