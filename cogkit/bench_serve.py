@@ -117,6 +117,32 @@ def ct2_level(hf: Path, quant: str, prompt_ids: list[list[int]], concurrency: in
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def memory_read_gbps(mib: int = 512, runs: int = 5) -> float:
+    """Memory read bandwidth on this process's threads (median of `runs` sums over a buffer far larger
+    than the caches): batch-1 decode reads every weight once per token, so bandwidth / weight bytes
+    is its ceiling."""
+    import torch
+
+    buf = torch.ones(mib * 2**20 // 4)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        float(buf.sum())
+        times.append(time.perf_counter() - started)
+    return buf.numel() * 4 / statistics.median(times) / 1e9
+
+
+def bytes_read_per_token(path: Path) -> int:
+    """Weight bytes one decode step reads: every tensor, except an embedding table that is only
+    looked up (one row) because the head has its own copy (untied, or an int8 build's int8 head)."""
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    sizes = {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+    if "lm_head.weight" in sizes:
+        sizes.pop("model.embed_tokens.weight", None)
+    return sum(sizes.values())
+
+
 def cmd_bench_serve(args) -> int:
     from cogkit.server import CogServer
     from cogkit.weights import weights_dir
@@ -128,6 +154,11 @@ def cmd_bench_serve(args) -> int:
     folder = weights_dir(spec.name)
     manifest = json.loads((folder / "manifest.json").read_text())
     report["dtype"] = manifest.get("dtype")
+    weight_bytes = bytes_read_per_token(folder / "model.safetensors")
+    report["memory_read_gbps"] = round(memory_read_gbps(), 2)
+    report["batch1_ceiling_tokens_per_second"] = round(report["memory_read_gbps"] * 1e9 / weight_bytes, 2)
+    print(f"memory read {report['memory_read_gbps']} GB/s: batch-1 ceiling "
+          f"{report['batch1_ceiling_tokens_per_second']} tok/s for {weight_bytes / 1e6:.0f} MB of weights")
     with CogServer(spec.runner, env={"COG_MAX_CONCURRENCY": str(max(levels))}) as server:
         server.start().wait_ready()
         one_request(server, PROMPTS[0], 4)  # warm
