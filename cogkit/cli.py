@@ -250,7 +250,8 @@ def cmd_verify_weights(args) -> int:
 
 # Feature modules that add their own subcommands: each defines `add_commands(sub, model_help)` and
 # keeps its top-level imports light (the CLI's start-up time is every command's start-up time).
-COMMAND_MODULES = ("cogkit.bench", "cogkit.snapshot_cli", "cogkit.ship", "cogkit.replicate_api")
+COMMAND_MODULES = ("cogkit.bench", "cogkit.snapshot_cli", "cogkit.ship", "cogkit.replicate_api",
+                   "cogkit.cost", "cogkit.deploy")
 
 
 def build_parser() -> argparse.ArgumentParser:

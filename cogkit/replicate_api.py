@@ -92,9 +92,16 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
-# Replicate's published per-second prices (2026), for the cost line; others are "unknown".
-HARDWARE_PRICES = {"cpu": 0.000100, "gpu-t4": 0.000225, "gpu-l40s": 0.000975,
-                   "gpu-a100-large": 0.001400, "gpu-h100": 0.001525}
+def _published_prices() -> dict:
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(__file__).with_name("data") / "replicate_hardware_prices.json").read_text())["per_second"]
+
+
+# Replicate's published per-second prices (the dated file cogkit/data/replicate_hardware_prices.json),
+# for the cost line; others are "unknown".
+HARDWARE_PRICES = _published_prices()
 TERMINAL = ("succeeded", "failed", "canceled", "aborted")
 
 
