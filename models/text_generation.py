@@ -9,11 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jinja2
-import jinja2.sandbox
 import torch
 from tokenizers import Tokenizer
 
+from models.chat_template import ChatTemplate
 from models.llama import Llama, load_llama
 
 
@@ -119,9 +118,7 @@ class TextGenerator:
         tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
         self.special = {k: tok_cfg.get(k) for k in ("bos_token", "eos_token")}
         template = tok_cfg.get("chat_template")
-        env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise_template_error
-        self.chat_template = env.from_string(template) if template else None
+        self.chat_template = ChatTemplate(template, self.special) if template else None
         self.eos_ids = set(self.model.cfg.eos_token_id)
         self.context_length = self.model.cfg.max_position_embeddings
         self.decode_step = self.model
@@ -144,9 +141,7 @@ class TextGenerator:
     def format_prompt(self, prompt: str, system_prompt: str | None) -> str:
         if self.chat_template is None:
             return prompt if not system_prompt else f"{system_prompt}\n\n{prompt}"
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
-        messages.append({"role": "user", "content": prompt})
-        return self.chat_template.render(messages=messages, add_generation_prompt=True, **self.special)
+        return self.chat_template.prompt(prompt, system_prompt)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -196,7 +191,3 @@ class TextGenerator:
         tail = stream.flush()
         if tail:
             yield tail
-
-
-def _raise_template_error(message: str):
-    raise ValueError(f"chat template: {message}")

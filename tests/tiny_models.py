@@ -58,3 +58,54 @@ def make_tiny_llama_source(folder: Path, seed: int = 0, context: int = 2048) -> 
                 p.normal_(0, 0.3)
     model.save_pretrained(folder)
     return folder
+
+
+def make_tiny_whisper(folder: Path, english_tokenizer_json: Path) -> Path:
+    """A random-weight multilingual Whisper (2 layers of width 64, Whisper's real 51865-token
+    vocabulary) saved by transformers, like a hub repo. The multilingual tokenizer is the English one
+    with the base vocabulary one token longer, which is how the two vocabularies differ."""
+    import torch
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    from models.whisper_transformers import generation_config, whisper_tokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = json.loads(Path(english_tokenizer_json).read_text())
+    vocab = raw["model"]["vocab"]
+    vocab["<|endoftext|>"] = 50257
+    # The multilingual base vocabulary has one more entry, an empty token (CTranslate2 tells the two
+    # kinds apart by it); no merge produces it, it only moves the special tokens up by one.
+    vocab[""] = 50256
+    for t in raw["added_tokens"]:
+        t["id"] += 1
+    shifted = folder / "multilingual-tokenizer.json"
+    shifted.write_text(json.dumps(raw))
+    tok = whisper_tokenizer(shifted)
+    shifted.unlink()
+    ids = tok.get_vocab()
+    assert len(tok) == 51865 and ids["<|endoftext|>"] == 50257 and ids["<|notimestamps|>"] == 50363
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=51865, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=80,
+        max_source_positions=1500, max_target_positions=448,
+        decoder_start_token_id=ids["<|startoftranscript|>"], bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    WhisperForConditionalGeneration(config).eval().save_pretrained(folder)
+    generation_config(tok, 51865, [[1, 0], [1, 1]], [], [220, ids["<|endoftext|>"]]).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    return folder
+
+
+def in_hub_cache(cache: Path, repo: str, folder: Path, revision: str = "0" * 40) -> None:
+    """Lay `folder` out as huggingface_hub's cache holds a downloaded repo (models--ORG--NAME/
+    snapshots/REV/ and refs/main), so that `hf:ORG/NAME` resolves offline."""
+    import shutil
+
+    root = Path(cache) / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(folder, root / "snapshots" / revision)
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(revision)

@@ -1,6 +1,6 @@
 """The HTTP face of the gateway: Replicate's hosted API (the parts a client of one account uses),
-on Starlette. Errors are application/problem+json; every /v1 route but signed file downloads needs
-`Authorization: Bearer <token>`."""
+on Starlette. Errors are application/problem+json; every /v1 route needs `Authorization: Bearer
+<token>`, except signed links (file downloads and `urls.stream`), which carry their own proof."""
 
 import hmac
 import json
@@ -74,6 +74,12 @@ def create_app(gateway: Gateway, tokens: list[str]) -> Starlette:
 
     async def stream_prediction(request: Request) -> Response:
         pid = request.path_params["id"]
+        signed = not authorized(request)  # then the middleware saw a signature: urls.stream as handed out
+        if signed:
+            why = gateway.stream_urls.check(pid, request.query_params.get("expiry"),
+                                            request.query_params.get("signature"))
+            if why:
+                raise GatewayError(403, "Forbidden", why)
         gateway.snapshot(pid)  # 404 before the stream starts
         try:
             after = int(request.headers.get("last-event-id", "-1"))
@@ -90,8 +96,10 @@ def create_app(gateway: Gateway, tokens: list[str]) -> Starlette:
                 lines = "".join(f"data: {line}\n" for line in SSE_LINE_BREAK.split(str(data)))
                 yield f"event: {event}\nid: {index}\n{lines}\n"
 
-        return StreamingResponse(sse(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        if signed:  # the link is the credential, so a browser's EventSource may read it from any page
+            headers["Access-Control-Allow-Origin"] = "*"
+        return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
 
     async def get_model(request: Request) -> Response:
         p = request.path_params
@@ -202,14 +210,15 @@ def create_app(gateway: Gateway, tokens: list[str]) -> Starlette:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return problem(500, "Internal Server Error", f"{type(exc).__name__}: {exc}")
 
-    public = ("/v1/files/",)  # signed download links carry their own proof
+    # signed links carry their own proof, checked by their handler: file downloads and urls.stream
+    signed_link = re.compile(r"/v1/files/[^/]+/download|/v1/predictions/[^/]+/stream")
 
-    def needs_token(path: str) -> bool:
-        return not (path.startswith(public) and path.endswith("/download"))
+    def needs_token(request: Request) -> bool:
+        return not (signed_link.fullmatch(request.url.path) and "signature" in request.query_params)
 
     async def require_token(scope, receive, send, inner):
         request = Request(scope)
-        if needs_token(request.url.path) and not authorized(request):
+        if needs_token(request) and not authorized(request):
             response = problem(401, "Unauthenticated", "You did not pass a valid authentication token",
                                headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)

@@ -22,6 +22,7 @@ import jsonschema
 
 from cogkit.gateway.files import OWNER, FileStore, iso
 from cogkit.gateway.store import TERMINAL, Store
+from cogkit.gateway.stream_urls import StreamSigner
 from cogkit.gateway.webhooks import WebhookSender, new_secret
 from cogkit.gateway.workers import ModelWorker
 
@@ -154,6 +155,8 @@ class Gateway:
         self.webhook_secret = self.store.meta("webhook_secret", new_secret)
         signing_key = bytes.fromhex(self.store.meta("files_signing_key", lambda: secrets.token_hex(32)))
         self.files = FileStore(self.data_dir / "files", self.store, self.public_url, signing_key)
+        stream_key = bytes.fromhex(self.store.meta("stream_signing_key", lambda: secrets.token_hex(32)))
+        self.stream_urls = StreamSigner(stream_key, self.public_url)
         self.webhooks = WebhookSender(self.webhook_secret)
         self.live: dict[str, Live] = {}
         self.lock = threading.RLock()
@@ -250,7 +253,7 @@ class Gateway:
             "id": pid, "model": entry.full_name, "version": entry.version_id, "input": inputs,
             "logs": "", "output": None, "data_removed": False, "error": None, "status": "starting",
             "source": "api", "created_at": now_iso(), "started_at": None, "completed_at": None,
-            "urls": {"get": base, "cancel": f"{base}/cancel", "stream": f"{base}/stream",
+            "urls": {"get": base, "cancel": f"{base}/cancel", "stream": self.stream_urls.url(pid),
                      "web": base},
             "metrics": {}, **(extra or {}),
         }
