@@ -17,7 +17,11 @@ ROOT = Path(__file__).resolve().parent
 
 
 def weights_folder(model: str) -> Path:
-    return Path(os.environ.get("COGKIT_WEIGHTS_DIR") or ROOT / "weights") / model
+    """weights/MODEL, where MODEL is COGKIT_MODEL when set (another model served by the same predictor,
+    e.g. a second LLM added with `cogkit new`), else `model`."""
+    from models import served_model
+
+    return Path(os.environ.get("COGKIT_WEIGHTS_DIR") or ROOT / "weights") / served_model(model)
 
 
 def device() -> str:
@@ -142,7 +146,14 @@ class LLMRunner(BaseRunner):
             description="Random seed for sampling; leave empty for a random one. Same seed and inputs give the same text.",
             default=None, ge=0, le=2**63 - 1,
         ),
+        messages: str | None = Input(
+            description='Earlier turns of the conversation, oldest first, as a JSON list of {"role": '
+                        '"system"|"user"|"assistant", "content": "..."} objects; prompt is the next user '
+                        'turn. Empty: the prompt alone.',
+            default=None,
+        ),
     ) -> ConcatenateIterator[str]:
+        from models.chat_messages import parse_messages
         from models.text_generation import GenerationStats, Sampling
 
         if seed is None:
@@ -151,7 +162,8 @@ class LLMRunner(BaseRunner):
         stops = [s for s in (stop_sequences or "").split(",") if s]
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             top_k=top_k, seed=seed)
-        prompt_ids = self.llm.encode(self.llm.format_prompt(prompt, system_prompt))
+        history = parse_messages(messages, system_prompt)
+        prompt_ids = self.llm.encode(self.llm.format_prompt(prompt, system_prompt, history))
         stats = GenerationStats()
         try:
             yield from self.llm.generate(prompt_ids, sampling, stops, stats)

@@ -138,9 +138,14 @@ class TextGenerator:
             pass
         return stats.token_ids
 
-    def format_prompt(self, prompt: str, system_prompt: str | None) -> str:
+    def format_prompt(self, prompt: str, system_prompt: str | None, history: list[dict] = ()) -> str:
+        """The model's input text; `history` holds earlier {role, content} turns (the `messages` input)."""
         if self.chat_template is None:
-            return prompt if not system_prompt else f"{system_prompt}\n\n{prompt}"
+            turns = [m["content"] for m in history] + [prompt]
+            return "\n\n".join(([system_prompt] if system_prompt else []) + turns)
+        if history:
+            system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+            return self.chat_template.render(system + list(history) + [{"role": "user", "content": prompt}])
         return self.chat_template.prompt(prompt, system_prompt)
 
     def encode(self, text: str) -> list[int]:

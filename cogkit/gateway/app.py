@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from cogkit.gateway import openai_chat
 from cogkit.gateway.core import Gateway, GatewayError, parse_prefer_wait
 from cogkit.gateway.deployments import deployment_routes
 
@@ -103,7 +104,8 @@ def create_app(gateway: Gateway, tokens: list[str]) -> Starlette:
 
     async def get_model(request: Request) -> Response:
         p = request.path_params
-        return JSONResponse(gateway.model_json(gateway.model(p["owner"], p["name"])))
+        entry = gateway.model(p["owner"], p["name"])
+        return JSONResponse({**gateway.model_json(entry), **openai_chat.model_object(entry)})
 
     async def list_versions(request: Request) -> Response:
         p = request.path_params
@@ -116,8 +118,8 @@ def create_app(gateway: Gateway, tokens: list[str]) -> Starlette:
         return JSONResponse(gateway.version_json(entry))
 
     async def list_models(request: Request) -> Response:
-        return JSONResponse({"next": None, "previous": None,
-                             "results": [gateway.model_json(m) for m in gateway.models.values()]})
+        page = {"next": None, "previous": None, "results": [gateway.model_json(m) for m in gateway.models.values()]}
+        return JSONResponse(openai_chat.with_model_list(gateway, page))
 
     async def upload_file(request: Request) -> Response:
         if int(request.headers.get("content-length") or 0) > MAX_UPLOAD + 64 * 1024:
@@ -195,7 +197,8 @@ def create_app(gateway: Gateway, tokens: list[str]) -> Starlette:
         Route("/v1/files/{id}/download", download_file, methods=["GET"]),
         Route("/v1/webhooks/default/secret", webhook_secret, methods=["GET"]),
         Route("/v1/gateway/workers", workers, methods=["GET"]),
-        *deployment_routes(gateway, create_for, json_body),
+        *openai_chat.routes(gateway),  # POST /v1/chat/completions
+        *deployment_routes(gateway, create_for, json_body),  # /v1/deployments...
     ]
 
     async def gateway_error(request: Request, exc: GatewayError) -> Response:

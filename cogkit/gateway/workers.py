@@ -113,7 +113,8 @@ class ModelWorker:
             if self.stopping:
                 raise ServerError("the gateway is shutting down")
             log.info("starting the %s server", self.model)
-            server = self.server = CogServer(self.runner, env=self.env, setup_timeout=self.setup_timeout).start()
+            server = self.server = CogServer(self.runner, env={**self.env, "COGKIT_MODEL": self.model},
+                                             setup_timeout=self.setup_timeout).start()
         try:
             server.wait_ready()
         except BaseException:
