@@ -33,6 +33,14 @@ def version(client):
     return client.models.get("local/llm").latest_version.id
 
 
+def canceled(*predictions) -> None:
+    try:
+        wait_until(lambda: all(p.reload() or p.status == "canceled" for p in predictions), timeout=60,
+                   what="the predictions to be canceled")
+    except AssertionError:
+        raise AssertionError(f"not canceled: {[(p.id, p.status, p.error) for p in predictions]}") from None
+
+
 def pool(gw, name: str) -> dict:
     return {d["deployment"]: d for d in gw.get("/v1/gateway/workers").json()["deployments"]}[f"local/{name}"]
 
@@ -98,8 +106,7 @@ def test_max_instances_two_runs_two_predictions_at_once(gw, client, version):
     assert gw.get(f"/v1/predictions/{first.id}").json()["deployment"] == "local/pair"
     for prediction in (first, second):
         prediction.cancel()
-    wait_until(lambda: all(p.reload() or p.status == "canceled" for p in (first, second)), timeout=60,
-               what="both predictions to be canceled")
+    canceled(first, second)
 
     # max_instances 1: the extra server stops and the second prediction waits for the first
     client.deployments.update("local", "pair", min_instances=1, max_instances=1)
@@ -111,8 +118,7 @@ def test_max_instances_two_runs_two_predictions_at_once(gw, client, version):
     assert second.status == "starting"
     for prediction in (first, second):
         prediction.cancel()
-    wait_until(lambda: all(p.reload() or p.status == "canceled" for p in (first, second)), timeout=60,
-               what="both predictions to be canceled")
+    canceled(first, second)
 
 
 def test_cogkit_deploy_and_call_through_the_deployment(gw, client, version, tmp_path, monkeypatch, capsys):
