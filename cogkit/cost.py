@@ -310,6 +310,10 @@ def estimate(*, model: str, hourly_rpm: list[float], peak_rpm: float, measured: 
         },
         "per_second_billing": billed(sim, price_per_second),
     }
+    per_1k = report["per_second_billing"]["per_1k_requests"]
+    if tokens_out and per_1k is not None:
+        # the same money as a price per million output tokens, to hold against per-token offers
+        report["per_second_billing"]["per_million_output_tokens"] = per_1k / 1000 / tokens_out * 1e6
     if usage:
         per_hour = mean_rpm * 60 * usage.per_request
         report["usage_billing"] = {"price": usage.how, "per_request": usage.per_request,
@@ -372,6 +376,9 @@ def print_report(report: dict, console) -> None:
         u = report["usage_billing"]
         costs.add_row(f"usage ({u['price']})", money(u["per_1k_requests"]), money(u["per_hour"]), money(u["per_month"]))
     console.print(costs)
+    if "per_million_output_tokens" in ps:
+        console.print(f"per-second billing at this traffic = {money(ps['per_million_output_tokens'])} per million "
+                      "output tokens")
     if "break_even" in report:
         be = report["break_even"]
         if be["rpm"] is not None:
