@@ -143,10 +143,7 @@ class TextGenerator:
         if self.chat_template is None:
             turns = [m["content"] for m in history] + [prompt]
             return "\n\n".join(([system_prompt] if system_prompt else []) + turns)
-        if history:
-            system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-            return self.chat_template.render(system + list(history) + [{"role": "user", "content": prompt}])
-        return self.chat_template.prompt(prompt, system_prompt)
+        return self.chat_template.prompt(prompt, system_prompt, history)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids

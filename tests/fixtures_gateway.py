@@ -27,9 +27,10 @@ class GatewayProcess:
     """`cogkit gateway` in a subprocess; its model servers read weights from `weights_root`."""
 
     def __init__(self, data_dir: Path, weights_root: Path, cert: tuple[Path, Path] | None,
-                 models: str = "llm", page_size: int = 100, extra_args: tuple = ()):
+                 models: str = "llm", page_size: int = 100, extra_args: tuple = (), env: dict | None = None):
         self.data_dir, self.weights_root, self.cert = data_dir, weights_root, cert
         self.models, self.page_size, self.extra_args = models, page_size, list(extra_args)
+        self.env = env or {}
         self.port = free_port()
         self.url = f"{'https' if cert else 'http'}://127.0.0.1:{self.port}"
         self.log_path = data_dir.parent / f"{data_dir.name}-gateway-{self.port}.log"
@@ -41,7 +42,7 @@ class GatewayProcess:
                "--setup-timeout", "180", *self.extra_args]
         if self.cert:
             cmd += ["--tls-cert", str(self.cert[0]), "--tls-key", str(self.cert[1])]
-        env = {**os.environ, "COGKIT_WEIGHTS_DIR": str(self.weights_root), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "COGKIT_WEIGHTS_DIR": str(self.weights_root), "OMP_NUM_THREADS": "1", **self.env}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=project_root(), env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60

@@ -108,6 +108,11 @@ def test_chat_template_matches_transformers(family):
         assert text == tokenizer.apply_chat_template(
             [{"role": "user", "content": "Answer in French.\n\nOù est Paris ?"}], tokenize=False,
             add_generation_prompt=True)
+        history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+        assert generator.format_prompt("Où est Paris ?", "Answer in French.", history) == \
+            tokenizer.apply_chat_template([{"role": "user", "content": "Answer in French.\n\nHi"}, history[1],
+                                           {"role": "user", "content": "Où est Paris ?"}], tokenize=False,
+                                          add_generation_prompt=True)
         return
     assert generator.format_prompt("Où est Paris ?", "Answer in French.") == tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True)

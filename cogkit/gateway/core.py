@@ -96,6 +96,7 @@ class ModelEntry:
     validator: jsonschema.protocols.Validator
     iterator_output: bool
     demo_input: dict
+    concurrency: int = 1  # predictions its server runs at once (`concurrency.max` in its overlay)
 
     @property
     def full_name(self) -> str:
@@ -117,7 +118,7 @@ def allow_nulls(schema):
     return out
 
 
-def make_model_entry(spec, schema: dict, created_at: str) -> ModelEntry:
+def make_model_entry(spec, schema: dict, created_at: str, concurrency: int = 1) -> ModelEntry:
     components = schema["components"]["schemas"]
     input_schema = allow_nulls({**components["Input"], "components": schema["components"]})
     validator_cls = jsonschema.validators.validator_for(input_schema, default=jsonschema.Draft202012Validator)
@@ -127,7 +128,7 @@ def make_model_entry(spec, schema: dict, created_at: str) -> ModelEntry:
         name=spec.name, runner=spec.runner, summary=spec.summary, hardware=spec.hardware, schema=schema,
         version_id=digest, created_at=created_at, validator=validator_cls(input_schema),
         iterator_output=output.get("type") == "array" and output.get("x-cog-array-type") == "iterator",
-        demo_input=dict(spec.demo_input))
+        demo_input=dict(spec.demo_input), concurrency=concurrency)
 
 
 @dataclass
@@ -161,7 +162,8 @@ class Gateway:
         self.live: dict[str, Live] = {}
         self.lock = threading.RLock()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.workers = {name: ModelWorker(name, m.runner, self, env=worker_env, setup_timeout=setup_timeout)
+        self.workers = {name: ModelWorker(name, m.runner, self, env=worker_env, setup_timeout=setup_timeout,
+                                          concurrency=m.concurrency)
                         for name, m in models.items()}
         self.setup_timeout, self.worker_env = setup_timeout, worker_env
         self.pools: dict = {}  # deployment pools by owner/name (cogkit.gateway.deployments)
