@@ -1,7 +1,8 @@
 """Replicate's deployments on the gateway: `/v1/deployments…` and predictions through a deployment.
 
 A deployment pins a model version with a scaling configuration. Here `max_instances` is how many
-coglet servers of the model the deployment may run at once (each serves one prediction at a time),
+coglet servers of the model the deployment may run at once
+(each serving as many predictions at once as the model's own server does: its `concurrency.max`),
 and `min_instances` how many it keeps up while idle. Each deployment has its own pool of servers,
 separate from the one server that `/v1/models/local/NAME/predictions` uses, as deployments on
 Replicate have their own instances. Deployments persist in DATA/deployments.json.
@@ -74,8 +75,9 @@ class DeploymentPool:
     for IDLE_TIMEOUT stops, down to min_instances. This is the policy `cogkit cost` simulates."""
 
     def __init__(self, key: str, model: str, runner: str, gateway: Gateway, min_instances: int,
-                 max_instances: int, setup_timeout: float = 900, env: dict | None = None):
+                 max_instances: int, setup_timeout: float = 900, env: dict | None = None, concurrency: int = 1):
         self.key, self.model, self.runner = key, model, runner
+        self.concurrency = concurrency  # predictions one server runs at once (the model's own)
         self.gateway = gateway
         self.sink = _PoolSink(gateway, self)
         self.setup_timeout, self.env = setup_timeout, env
@@ -153,23 +155,27 @@ class DeploymentPool:
                     instance.idle_since = time.monotonic()
 
     def _dispatch(self) -> None:
-        for instance in self.instances:
-            while instance.ready and not instance.assigned:
-                try:
-                    job = self.jobs.get_nowait()
-                except queue.Empty:
-                    return
-                if self.gateway.is_canceled(job.prediction_id):
-                    continue  # canceled or aborted while queued
-                instance.assigned.add(job.prediction_id)
-                instance.worker.submit(job.prediction_id, job.inputs)
+        """Queued predictions to the least busy ready server with a free slot, oldest first."""
+        while True:
+            free = [i for i in self.instances if i.ready and len(i.assigned) < self.concurrency]
+            if not free:
+                return
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                return
+            if self.gateway.is_canceled(job.prediction_id):
+                continue  # canceled or aborted while queued
+            instance = min(free, key=lambda i: len(i.assigned))
+            instance.assigned.add(job.prediction_id)
+            instance.worker.submit(job.prediction_id, job.inputs)
 
     def _scale(self) -> None:
-        booting = sum(1 for i in self.instances if not i.ready)
+        booting = sum(self.concurrency for i in self.instances if not i.ready)  # predictions they will take
         while len(self.instances) < self.max_instances and (
                 self.jobs.qsize() > booting or len(self.instances) < self.min_instances):
             self._boot()
-            booting += 1
+            booting += self.concurrency
         now = time.monotonic()
         for instance in list(self.instances):
             too_many = len(self.instances) > self.max_instances  # max_instances was lowered
@@ -183,7 +189,8 @@ class DeploymentPool:
                 threading.Thread(target=instance.worker.stop, daemon=True).start()
 
     def _boot(self) -> None:
-        worker = ModelWorker(self.model, self.runner, self.sink, env=self.env, setup_timeout=self.setup_timeout)
+        worker = ModelWorker(self.model, self.runner, self.sink, env=self.env, setup_timeout=self.setup_timeout,
+                             concurrency=self.concurrency)
         instance = Instance(worker)
         self.instances.append(instance)
         self.boots += 1
@@ -244,7 +251,7 @@ class Deployments:
             return
         self.gateway.pools[key] = DeploymentPool(key, model, entry.runner, self.gateway, config["min_instances"],
                                                  config["max_instances"], self.gateway.setup_timeout,
-                                                 self.gateway.worker_env)
+                                                 self.gateway.worker_env, entry.concurrency)
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
