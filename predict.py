@@ -13,6 +13,11 @@ from pathlib import Path
 
 from cog import BaseRunner, ConcatenateIterator, Input
 
+from cogkit.inputs import checked_inputs, install_download_hooks
+
+# File inputs: bounded downloads, and failures reported with the input's name (cogkit/inputs.py).
+install_download_hooks()
+
 ROOT = Path(__file__).resolve().parent
 
 
@@ -67,6 +72,11 @@ def logged_setup(fn):
     return setup
 
 
+# 1 Mi characters is about 256k tokens, beyond the context of every model here: a longer prompt cannot
+# fit, so the schema refuses it (422) before it reaches the tokenizer.
+MAX_PROMPT_CHARS = 1 << 20
+
+
 class LLMRunner(BaseRunner):
     """Chat-style text generation with token streaming (default: SmolLM2-135M-Instruct)."""
 
@@ -115,12 +125,14 @@ class LLMRunner(BaseRunner):
             timer.done("snapshot")
         self.setup_phases = timer.phases
 
+    @checked_inputs
     def run(
         self,
-        prompt: str = Input(description="Text prompt to send to the model.", min_length=1),
+        prompt: str = Input(description="Text prompt to send to the model.", min_length=1,
+                            max_length=MAX_PROMPT_CHARS),
         system_prompt: str | None = Input(
             description="System prompt that sets the assistant's behaviour. Empty uses the model's default.",
-            default=None,
+            default=None, max_length=MAX_PROMPT_CHARS,
         ),
         max_new_tokens: int = Input(
             description="Maximum number of tokens to generate. A word is about 1.3 tokens.",
@@ -140,7 +152,7 @@ class LLMRunner(BaseRunner):
         ),
         stop_sequences: str | None = Input(
             description="Comma-separated texts that end generation, e.g. '<end>,Question:'. The stop text is not returned.",
-            default=None,
+            default=None, max_length=1000,
         ),
         seed: int | None = Input(
             description="Random seed for sampling; leave empty for a random one. Same seed and inputs give the same text.",
@@ -284,6 +296,7 @@ class ImageRunner(BaseRunner):
             timer.done("snapshot")
         self.setup_phases = timer.phases
 
+    @checked_inputs
     def run(
         self,
         prompt: str = Input(description="What the picture should show.", min_length=1, max_length=2000),
@@ -433,6 +446,7 @@ class WhisperRunner(BaseRunner):
         snap.save(lambda into: write_warmup(into, text=warm, phases=timer.phases))
         timer.done("snapshot")
 
+    @checked_inputs
     def run(
         self,
         audio: CogPath = Input(description="Audio to transcribe: wav, flac, ogg or mp3; any sample rate and "
@@ -516,6 +530,7 @@ class TTSRunner(BaseRunner):
     def weights(self) -> Path:
         return weights_folder("tts")
 
+    @checked_inputs
     def run(
         self,
         text: str = Input(description="Text to speak, up to 5000 characters; long text is spoken sentence "

@@ -270,6 +270,7 @@ class __CLASS__(BaseRunner):
                 timer.done("snapshot")
         self.setup_phases = timer.phases
 
+    @checked_inputs  # cogkit/inputs.py: file inputs only as sent (never a server path), exact integers
     def run(
         self,
         text: str = Input(description="Text to score.", min_length=1, max_length=10000),

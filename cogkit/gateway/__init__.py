@@ -84,7 +84,7 @@ def serving_concurrency(name: str, root: Path) -> int:
 
 def build_app(data_dir: Path, public_url: str, model_names: list[str], tokens: list[str],
               setup_timeout: float = 900, page_size: int = 100, max_queue: int = 1000,
-              skip_broken: bool = False, warn=print):
+              skip_broken: bool = False, warn=print, max_body: int | None = None):
     from starlette.applications import Starlette
 
     from cogkit.gateway.app import create_app
@@ -95,7 +95,7 @@ def build_app(data_dir: Path, public_url: str, model_names: list[str], tokens: l
         raise ValueError("no model to serve")
     gateway = Gateway(data_dir, public_url, catalog, setup_timeout=setup_timeout,
                       page_size=page_size, max_queue=max_queue)
-    app: Starlette = create_app(gateway, tokens)
+    app: Starlette = create_app(gateway, tokens, **({"max_body": max_body} if max_body else {}))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from cogkit.gateway import openai_chat
 from cogkit.gateway.core import Gateway, GatewayError, parse_prefer_wait
 from cogkit.gateway.deployments import deployment_routes
+from cogkit.gateway.validation import MAX_BODY, BodyLimit, read_json_object, too_deep
 
 log = logging.getLogger("cogkit.gateway")
 
@@ -29,17 +30,10 @@ def problem(status: int, title: str, detail: str, headers: dict | None = None) -
                         media_type="application/problem+json", headers=headers)
 
 
-async def json_body(request: Request) -> dict:
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise GatewayError(400, "Invalid JSON", "the request body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise GatewayError(400, "Invalid JSON", "the request body must be a JSON object")
-    return body
+def create_app(gateway: Gateway, tokens: list[str], max_body: int = MAX_BODY) -> Starlette:
+    async def json_body(request: Request) -> dict:
+        return await read_json_object(request)
 
-
-def create_app(gateway: Gateway, tokens: list[str]) -> Starlette:
     def authorized(request: Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() in ("bearer", "token") and any(
@@ -209,6 +203,11 @@ def create_app(gateway: Gateway, tokens: list[str]) -> Starlette:
         return problem(exc.status_code, titles.get(exc.status_code, "Error"),
                        exc.detail or f"{request.method} {request.url.path} is not part of this API")
 
+    async def too_deep_error(request: Request, exc: RecursionError) -> Response:
+        # a body nested too deeply for a route that parses JSON itself
+        error = too_deep()
+        return problem(error.status, error.title, error.detail)
+
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return problem(500, "Internal Server Error", f"{type(exc).__name__}: {exc}")
@@ -238,7 +237,7 @@ def create_app(gateway: Gateway, tokens: list[str]) -> Starlette:
                 return
             await require_token(scope, receive, send, self.app)
 
-    app = Starlette(routes=routes, middleware=[Middleware(TokenAuth)],
+    app = Starlette(routes=routes, middleware=[Middleware(TokenAuth), Middleware(BodyLimit, limit=max_body)],
                     exception_handlers={GatewayError: gateway_error, HTTPException: http_error,
-                                        Exception: server_error})
+                                        RecursionError: too_deep_error, Exception: server_error})
     return app

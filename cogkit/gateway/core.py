@@ -20,6 +20,8 @@ from pathlib import Path
 
 import jsonschema
 
+from cogkit.gateway import validation
+from cogkit.gateway.errors import GatewayError  # noqa: F401 - also imported from here
 from cogkit.gateway.files import OWNER, FileStore, iso
 from cogkit.gateway.store import TERMINAL, Store
 from cogkit.gateway.stream_urls import StreamSigner
@@ -31,14 +33,6 @@ log = logging.getLogger("cogkit.gateway")
 WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
 WEBHOOK_THROTTLE = 0.5  # seconds between `output`/`logs` webhooks of one prediction, as on Replicate
 KEEP_LIVE = 120  # seconds a finished prediction stays in memory for late stream readers
-
-
-class GatewayError(Exception):
-    """An error answered to the caller as problem+json."""
-
-    def __init__(self, status: int, title: str, detail: str):
-        super().__init__(detail)
-        self.status, self.title, self.detail = status, title, detail
 
 
 def now_iso() -> str:
@@ -235,6 +229,7 @@ class Gateway:
         inputs = body.get("input")
         if not isinstance(inputs, dict):
             raise GatewayError(422, "Invalid input", "input: required, and must be an object")
+        inputs = validation.prepare_inputs(entry, inputs)
         self._validate_input(entry, inputs)
         webhook = body.get("webhook")
         if webhook is not None and (not isinstance(webhook, str) or not re.match(r"https?://", webhook)):
