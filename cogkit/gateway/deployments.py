@@ -51,6 +51,13 @@ class Instance:
     ready: bool = False
     assigned: set = field(default_factory=set)  # prediction ids handed to it and not yet finished
     idle_since: float = field(default_factory=time.monotonic)
+    retired: threading.Event = field(default_factory=threading.Event)  # set when the pool drops it
+
+    def retire(self) -> None:
+        try:
+            self.worker.stop()
+        finally:
+            self.retired.set()  # ends the thread that started its server (see DeploymentPool._warm)
 
 
 class _PoolSink:
@@ -129,7 +136,7 @@ class DeploymentPool:
             instances, self.instances = list(self.instances), []
             self.cond.notify_all()
         for instance in instances:
-            instance.worker.stop()
+            instance.retire()
         self.thread.join(timeout=15)
 
     # ------------------------------------------------------------ the pool's thread
@@ -186,7 +193,7 @@ class DeploymentPool:
                 self.instances.remove(instance)
                 log.info("deployment %s: stopping an idle %s server (%d left)", self.key, self.model,
                          len(self.instances))
-                threading.Thread(target=instance.worker.stop, daemon=True).start()
+                threading.Thread(target=instance.retire, daemon=True).start()
 
     def _boot(self) -> None:
         worker = ModelWorker(self.model, self.runner, self.sink, env=self.env, setup_timeout=self.setup_timeout,
@@ -199,8 +206,10 @@ class DeploymentPool:
         threading.Thread(target=self._warm, args=(instance,), daemon=True).start()
 
     def _warm(self, instance: Instance) -> None:
-        # The worker's thread has no job yet, so starting its server from here cannot race it;
-        # the pool hands it predictions only once the server is READY.
+        # The worker's threads have no job yet, so starting its server from here cannot race them;
+        # the pool hands it predictions only once the server is READY. This thread then lives as
+        # long as the instance: model servers die with the thread that started them
+        # (cogkit.lifeline's PR_SET_PDEATHSIG is tied to the starting thread, not the process).
         try:
             instance.worker._ensure_server()
         except (ServerError, OSError) as e:
@@ -214,7 +223,7 @@ class DeploymentPool:
                     job = self.jobs.get_nowait()
                 except queue.Empty:
                     job = None
-            instance.worker.stop()
+            instance.retire()
             if job:
                 self.gateway.on_done(job.prediction_id, {
                     "status": "failed", "error": f"the {self.model} model failed to start: {e}"})
@@ -224,6 +233,7 @@ class DeploymentPool:
             instance.ready = True
             instance.idle_since = time.monotonic()
             self.cond.notify_all()
+        instance.retired.wait()
 
 
 # ---------------------------------------------------------------- the deployments themselves
