@@ -42,8 +42,10 @@ def snapshot_extra(device: str) -> dict:
     """The predictor's part of the snapshot key: the engine's versions and the compute type."""
     from importlib.metadata import version
 
+    from models.audio_snapshot import cpu_fingerprint
+
     return {"ctranslate2": version("ctranslate2"), "faster_whisper": version("faster-whisper"),
-            "compute_type": runtime_dtype()}
+            "compute_type": runtime_dtype(), "cpu": cpu_fingerprint()}
 
 
 # ---------------------------------------------------------------------------------------------
