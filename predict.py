@@ -489,19 +489,26 @@ class TTSRunner(BaseRunner):
         import piper  # noqa: F401 - onnxruntime and espeak, timed as imports
 
         from cogkit.weights import read_manifest
-        from models.tts import load_synthesizer
+        from models.tts import check_text, load_synthesizer, piper_device
 
         timer.done("imports")
         folder = self.weights()
         if (folder / "manifest.json").is_file():
             manifest = read_manifest(folder)
             print(f"setup: weights {folder} ({manifest.get('engine')}, from {manifest['source']})", flush=True)
-        self.synth = load_synthesizer(folder)
-        timer.done("load")
-        from models.tts import check_text
+        after_warmup = None
+        if (folder / "voice.onnx").is_file():
+            from models.audio_snapshot import load_piper
 
-        self.synth.synthesize(check_text("Hello."), 1.0, None, 0.0)  # first run allocates onnxruntime's arenas
+            self.synth, after_warmup = load_piper(folder, piper_device(),
+                                                  os.environ.get("COGKIT_SNAPSHOT", "1") == "1")
+        else:
+            self.synth = load_synthesizer(folder)
+        timer.done("load")
+        warm = self.synth.synthesize(check_text("Hello."), 1.0, None, 0.0)  # allocates onnxruntime's arenas
         timer.done("warmup")
+        if after_warmup is not None:
+            self.synth = after_warmup(warm.samples) or self.synth
         self.setup_phases = timer.phases
 
     def weights(self) -> Path:
