@@ -1,5 +1,5 @@
 # The two commands of the README's quick start.
-.PHONY: demo test setup weights js-client
+.PHONY: demo test test-slow setup weights js-client
 
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE = 1
@@ -24,3 +24,7 @@ js-client: tests/js/node_modules/.package-lock.json
 
 test: setup js-client
 	.venv/bin/python -m pytest -q
+
+# End-to-end checks too slow for every CI run (e.g. `cogkit new` of an image, whisper and tts model).
+test-slow: setup
+	COGKIT_SLOW_TESTS=1 .venv/bin/python -m pytest -q tests/test_new.py

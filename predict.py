@@ -13,11 +13,20 @@ from pathlib import Path
 
 from cog import BaseRunner, ConcatenateIterator, Input
 
+from cogkit.inputs import checked_inputs, install_download_hooks
+
+# File inputs: bounded downloads, and failures reported with the input's name (cogkit/inputs.py).
+install_download_hooks()
+
 ROOT = Path(__file__).resolve().parent
 
 
 def weights_folder(model: str) -> Path:
-    return Path(os.environ.get("COGKIT_WEIGHTS_DIR") or ROOT / "weights") / model
+    """weights/MODEL, where MODEL is COGKIT_MODEL when set (another model served by the same predictor,
+    e.g. a second LLM added with `cogkit new`), else `model`."""
+    from models import served_model
+
+    return Path(os.environ.get("COGKIT_WEIGHTS_DIR") or ROOT / "weights") / served_model(model)
 
 
 def device() -> str:
@@ -61,6 +70,11 @@ def logged_setup(fn):
         time.sleep(0.05)
 
     return setup
+
+
+# 1 Mi characters is about 256k tokens, beyond the context of every model here: a longer prompt cannot
+# fit, so the schema refuses it (422) before it reaches the tokenizer.
+MAX_PROMPT_CHARS = 1 << 20
 
 
 class LLMRunner(BaseRunner):
@@ -111,12 +125,14 @@ class LLMRunner(BaseRunner):
             timer.done("snapshot")
         self.setup_phases = timer.phases
 
+    @checked_inputs
     def run(
         self,
-        prompt: str = Input(description="Text prompt to send to the model.", min_length=1),
+        prompt: str = Input(description="Text prompt to send to the model.", min_length=1,
+                            max_length=MAX_PROMPT_CHARS),
         system_prompt: str | None = Input(
             description="System prompt that sets the assistant's behaviour. Empty uses the model's default.",
-            default=None,
+            default=None, max_length=MAX_PROMPT_CHARS,
         ),
         max_new_tokens: int = Input(
             description="Maximum number of tokens to generate. A word is about 1.3 tokens.",
@@ -136,13 +152,20 @@ class LLMRunner(BaseRunner):
         ),
         stop_sequences: str | None = Input(
             description="Comma-separated texts that end generation, e.g. '<end>,Question:'. The stop text is not returned.",
-            default=None,
+            default=None, max_length=1000,
         ),
         seed: int | None = Input(
             description="Random seed for sampling; leave empty for a random one. Same seed and inputs give the same text.",
             default=None, ge=0, le=2**63 - 1,
         ),
+        messages: str | None = Input(
+            description='Earlier turns of the conversation, oldest first, as a JSON list of {"role": '
+                        '"system"|"user"|"assistant", "content": "..."} objects; prompt is the next user '
+                        'turn. Empty: the prompt alone.',
+            default=None,
+        ),
     ) -> ConcatenateIterator[str]:
+        from models.chat_messages import parse_messages
         from models.text_generation import GenerationStats, Sampling
 
         if seed is None:
@@ -151,7 +174,8 @@ class LLMRunner(BaseRunner):
         stops = [s for s in (stop_sequences or "").split(",") if s]
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             top_k=top_k, seed=seed)
-        prompt_ids = self.llm.encode(self.llm.format_prompt(prompt, system_prompt))
+        history = parse_messages(messages, system_prompt)
+        prompt_ids = self.llm.encode(self.llm.format_prompt(prompt, system_prompt, history))
         stats = GenerationStats()
         try:
             yield from self.llm.generate(prompt_ids, sampling, stops, stats)
@@ -272,6 +296,7 @@ class ImageRunner(BaseRunner):
             timer.done("snapshot")
         self.setup_phases = timer.phases
 
+    @checked_inputs
     def run(
         self,
         prompt: str = Input(description="What the picture should show.", min_length=1, max_length=2000),
@@ -424,6 +449,7 @@ class WhisperRunner(BaseRunner):
 
         return Snapshot(folder, dev, snapshot_extra(dev))
 
+    @checked_inputs
     def run(
         self,
         audio: CogPath = Input(description="Audio to transcribe: wav, flac, ogg or mp3; any sample rate and "
@@ -514,6 +540,7 @@ class TTSRunner(BaseRunner):
     def weights(self) -> Path:
         return weights_folder("tts")
 
+    @checked_inputs
     def run(
         self,
         text: str = Input(description="Text to speak, up to 5000 characters; long text is spoken sentence "

@@ -94,7 +94,7 @@ def bench_boot(model: str, runs: int = 3, compile: bool = False, skip_naive: boo
     model = spec.name
     folder = weights_dir(spec.name)
     manifest = read_manifest(folder)
-    common = {"COGKIT_WEIGHTS_DIR": str(folder.parent)}
+    common = {"COGKIT_WEIGHTS_DIR": str(folder.parent), "COGKIT_MODEL": spec.name}
     if compile:
         common["COGKIT_COMPILE"] = "1"
     variants, scratch = {}, None

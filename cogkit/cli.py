@@ -147,7 +147,8 @@ def start_server(spec, args, port=None, host="127.0.0.1"):
     from cogkit.weights import read_manifest, weights_dir
 
     read_manifest(weights_dir(spec.name))  # fail fast with a how-to when weights are missing
-    server = CogServer(spec.runner, port=port, host=host, setup_timeout=args.setup_timeout).start()
+    server = CogServer(spec.runner, port=port, host=host, setup_timeout=args.setup_timeout,
+                       env={"COGKIT_MODEL": spec.name}).start()
     started = time.monotonic()
     with err.status(f"starting the {spec.name} server…") as status:
         def progress(elapsed, line):
@@ -250,7 +251,7 @@ def cmd_verify_weights(args) -> int:
 
 # Feature modules that add their own subcommands: each defines `add_commands(sub, model_help)` and
 # keeps its top-level imports light (the CLI's start-up time is every command's start-up time).
-COMMAND_MODULES = ("cogkit.bench", "cogkit.snapshot_cli", "cogkit.ship", "cogkit.replicate_api")
+COMMAND_MODULES = ("cogkit.bench", "cogkit.snapshot_cli", "cogkit.ship", "cogkit.replicate_api", "cogkit.new")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,6 +46,8 @@ def add_commands(sub, model_help: str) -> None:
     p.add_argument("--page-size", type=int, default=100, help="predictions per page of GET /v1/predictions")
     p.add_argument("--max-queue", type=int, default=1000,
                    help="predictions waiting per model before new ones get 429")
+    p.add_argument("--max-body-mb", type=float, default=32,
+                   help="largest JSON request body in MiB; bigger ones get 413 and nothing is stored")
     p.add_argument("--setup-timeout", type=float, default=900)
     p.set_defaults(func=cmd_gateway)
 
@@ -68,6 +70,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         raise UsageError("--tls-cert and --tls-key go together")
     if args.page_size < 1 or args.max_queue < 1:
         raise UsageError("--page-size and --max-queue must be at least 1")
+    if not args.max_body_mb > 0:
+        raise UsageError("--max-body-mb must be positive")
     data_dir = Path(args.data) if args.data else DEFAULT_DATA_DIR
     config = Path(args.config) if args.config else data_dir / "config.toml"
     tokens, made = load_tokens(config, args.token)
@@ -78,7 +82,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     # the others down; models asked for by name must all work
     app, gateway = build_app(data_dir, public_url, names, tokens, args.setup_timeout, args.page_size,
                              args.max_queue, skip_broken=not args.models,
-                             warn=lambda text: err.print(f"[yellow]{text}[/yellow]"))
+                             warn=lambda text: err.print(f"[yellow]{text}[/yellow]"),
+                             max_body=int(args.max_body_mb * 1024 * 1024))
     names = [name for name in names if name in gateway.models]
     if gateway.interrupted:
         err.print(f"marked {gateway.interrupted} interrupted prediction(s) failed")

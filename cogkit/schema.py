@@ -6,6 +6,7 @@ field and the rule) and to allow SSE streaming. The Cog SDK describes the predic
 """
 
 import importlib
+import inspect
 import sys
 from pathlib import Path
 
@@ -27,7 +28,19 @@ def _title(name: str) -> str:
     return name.replace("_", " ").title()
 
 
-def input_property(field: adt.InputField, enums: dict) -> dict:
+def declared_bounds(info: adt.PredictorInfo) -> dict[str, tuple]:
+    """(ge, le) of each input as its Input() declares them. The SDK keeps bounds as floats, and
+    int(float(2**63 - 1)) is 2**63: integer bounds are taken from the source instead."""
+    module = sys.modules.get(info.module_name) or importlib.import_module(info.module_name)
+    cls = getattr(module, info.predictor_name, None)
+    fn = getattr(cls, "run", None) or getattr(cls, "predict", None)
+    if fn is None:
+        return {}
+    return {name: (getattr(p.default, "ge", None), getattr(p.default, "le", None))
+            for name, p in inspect.signature(fn).parameters.items()}
+
+
+def input_property(field: adt.InputField, enums: dict, bounds: tuple = (None, None)) -> dict:
     prop: dict = {"title": _title(field.name), "x-order": field.order}
     if field.choices is not None:
         # Cog puts each choice list in its own component and refers to it.
@@ -48,7 +61,8 @@ def input_property(field: adt.InputField, enums: dict) -> dict:
         value = getattr(field, attr)
         if value is not None:
             if attr in ("ge", "le") and field.type.primitive is adt.PrimitiveType.INTEGER:
-                value = int(value)
+                exact = bounds[0 if attr == "ge" else 1]
+                value = exact if isinstance(exact, int) else int(value)
             prop[key] = value
     if field.deprecated:
         prop["deprecated"] = True
@@ -63,10 +77,11 @@ def is_required(field: adt.InputField) -> bool:
 def openapi_schema(info: adt.PredictorInfo) -> dict:
     enums: dict = {}
     fields = sorted(info.inputs.values(), key=lambda f: f.order)
+    bounds = declared_bounds(info)
     input_schema = {
         "type": "object",
         "title": "Input",
-        "properties": {f.name: input_property(f, enums) for f in fields},
+        "properties": {f.name: input_property(f, enums, bounds.get(f.name, (None, None))) for f in fields},
     }
     required = [f.name for f in fields if is_required(f)]
     if required:

@@ -53,6 +53,19 @@ def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
         yield event, json.loads("\n".join(data))
 
 
+def clean_error(result: dict) -> dict:
+    """coglet 0.23.1 writes a failed prediction's error as `Prediction failed: Prediction failed:
+    ValueError: audio: …`: keep the one line that names the input and the problem."""
+    error = result.get("error") if isinstance(result, dict) else None
+    if isinstance(error, str):
+        while error.startswith("Prediction failed: "):
+            error = error[len("Prediction failed: "):]
+        for prefix in ("InputError: ", "ValueError: "):
+            error = error.removeprefix(prefix)
+        result["error"] = error
+    return result
+
+
 def format_validation_error(body: dict) -> str:
     """coglet's 422 body as one line per field: `max_new_tokens: 0 is less than the minimum of 1`."""
     details = body.get("detail")
@@ -98,8 +111,11 @@ class CogServer:
         env.setdefault("PYTHONUNBUFFERED", "1")
         with open(self.log_path, "wb") as log:
             self.started_at = time.monotonic()
+            # cogkit.lifeline: the server dies with this process (the kernel sends SIGKILL when the
+            # thread that starts it ends, so start servers from a thread that outlives them)
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cog.server.http", "--host", self.host],
+                [sys.executable, "-m", "cogkit.lifeline", str(os.getpid()),
+                 sys.executable, "-m", "cog.server.http", "--host", self.host],
                 cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         return self
@@ -181,7 +197,7 @@ class CogServer:
         body = {"input": inputs, **({"id": prediction_id} if prediction_id else {})}
         resp = self._post_prediction(body)
         self._raise_for_input(resp)
-        return resp.json()
+        return clean_error(resp.json())
 
     def stream(self, inputs: dict, prediction_id: str | None = None) -> Iterator[tuple[str, dict]]:
         """Server-sent events of one prediction: (`start`|`output`|`log`|`metric`|`completed`, data)."""
@@ -189,10 +205,11 @@ class CogServer:
         with self._post_prediction(body, stream=True, headers={"Accept": "text/event-stream"}) as resp:
             self._raise_for_input(resp)
             if not resp.headers.get("content-type", "").startswith("text/event-stream"):
-                yield "completed", resp.json()
+                yield "completed", clean_error(resp.json())
                 return
             resp.encoding = "utf-8"  # SSE is always UTF-8; requests would guess Latin-1
-            yield from parse_sse(resp.iter_lines(decode_unicode=True))
+            for event, data in parse_sse(resp.iter_lines(decode_unicode=True)):
+                yield event, clean_error(data) if event == "completed" else data
 
     def cancel(self, prediction_id: str) -> int:
         return self.http.post(f"{self.url}/predictions/{prediction_id}/cancel").status_code

@@ -134,7 +134,7 @@ def check_examples(model: str, root: Path, run: CheckRun, weights_ok: bool, log)
     from cogkit.server import ServerError
 
     try:
-        results = run_examples(run.selection.config["run"], examples, root, log=log)
+        results = run_examples(run.selection.config["run"], examples, root, env={"COGKIT_MODEL": model}, log=log)
     except ServerError as e:
         return Check("examples", False, [f"the server did not start: {e}"])
     lines = [f"{'pass' if r.ok else 'FAIL'} {r.name} ({r.seconds:.1f}s): {r.detail}" for r in results]

@@ -96,6 +96,14 @@ def compose(model: str, root: Path | None = None) -> Selection:
     if config["run"] != spec.runner:
         raise ShipError(f"{overlay_path(model, root).name}: run is {config['run']!r} but MODELS[{model!r}].runner "
                         f"is {spec.runner!r}; they must name the same predictor")
+    # The image's predictor learns which model it serves from COGKIT_MODEL (several models may share
+    # one predictor class, e.g. two LLMs); cogkit's local servers set the same variable.
+    environment = list(config.get("environment") or [])
+    pinned = [e for e in environment if e.startswith("COGKIT_MODEL=")]
+    if pinned and pinned != [f"COGKIT_MODEL={model}"]:
+        raise ShipError(f"{overlay_path(model, root).name}: environment sets {pinned[0]}, but this overlay is "
+                        f"for {model}; leave COGKIT_MODEL out (cogkit sets it)")
+    config["environment"] = environment if pinned else environment + [f"COGKIT_MODEL={model}"]
     hardware = overlay.get("hardware", spec.hardware)
     if "hardware" in overlay and spec.hardware != hardware:
         notes.append(f"MODELS[{model!r}].hardware is {spec.hardware!r}; the overlay's {hardware!r} is used")

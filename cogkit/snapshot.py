@@ -9,6 +9,7 @@ A missing, stale or corrupt snapshot is logged and rebuilt: it never fails a boo
 """
 
 import hashlib
+import inspect
 import json
 import os
 import platform
@@ -186,7 +187,12 @@ def snapshot_extra(model: str, device: str) -> dict:
     from models import get_model
 
     builder = get_model(model).builder_module()
-    return builder.snapshot_extra(device) if hasattr(builder, "snapshot_extra") else {}
+    if not hasattr(builder, "snapshot_extra"):
+        return {}
+    # A builder whose key depends on the built folder takes it (several models may share the builder).
+    if "folder" in inspect.signature(builder.snapshot_extra).parameters:
+        return builder.snapshot_extra(device, folder=weights_dir(get_model(model).name))
+    return builder.snapshot_extra(device)
 
 
 # ---------------------------------------------------------------- torch.compile caches

@@ -23,7 +23,8 @@ def cmd_snapshot(args) -> int:
     if not verify_snapshot(spec.name):
         console.print(f"{spec.name}: the snapshot for this machine is already recorded and intact")
         return 0
-    with CogServer(spec.runner, env={"COGKIT_WEIGHTS_DIR": str(folder.parent), "COGKIT_SNAPSHOT": "1"},
+    with CogServer(spec.runner, env={"COGKIT_WEIGHTS_DIR": str(folder.parent), "COGKIT_SNAPSHOT": "1",
+                                         "COGKIT_MODEL": spec.name},
                    setup_timeout=args.setup_timeout) as server, console.status(f"booting {spec.name}…"):
         server.start().wait_ready()
         for line in server.setup_log_lines():

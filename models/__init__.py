@@ -2,7 +2,9 @@
 default and how they are converted. Importing this module is cheap: no torch, no transformers."""
 
 import importlib
-from dataclasses import dataclass, field
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,43 @@ MODELS["tts"] = ModelSpec(
 ALIASES = {"asr": "whisper"}
 
 
+# Models added with `cogkit new` (or by hand): one [NAME] table each in models/registry.toml. A model
+# of a shipped kind reuses that kind's predictor and builder with its own source, hardware and
+# weights (its predictor learns which model it serves from COGKIT_MODEL, which cog.yaml sets);
+# a `custom` one names its own predictor and builder.
+REGISTRY_FILE = Path(__file__).with_name("registry.toml")
+KINDS = ("llm", "image", "whisper", "tts", "custom")
+
+
+def registry_spec(name: str, entry: dict) -> ModelSpec:
+    kind = entry.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"{REGISTRY_FILE.name} [{name}]: kind {kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "custom":
+        return ModelSpec(name=name, runner=entry["runner"], builder=entry["builder"],
+                         default_source=entry.get("source", "builtin:example"),
+                         summary=entry.get("summary", f"{name} (custom predictor)"),
+                         demo_input=dict(entry.get("demo_input", {})), hardware=entry.get("hardware", "cpu"))
+    base = MODELS[kind]
+    return replace(base, name=name, default_source=entry.get("source", base.default_source),
+                   summary=entry.get("summary", f"{name}: {base.summary}"),
+                   hardware=entry.get("hardware", base.hardware))
+
+
+def _load_registry() -> None:
+    if not REGISTRY_FILE.is_file():
+        return
+    with open(REGISTRY_FILE, "rb") as f:
+        entries = tomllib.load(f)
+    for name, entry in entries.items():
+        if name in MODELS or name in ALIASES:
+            raise ValueError(f"{REGISTRY_FILE.name}: [{name}] is already a model name")
+        MODELS[name] = registry_spec(name, entry)
+
+
+_load_registry()
+
+
 class UnknownModelError(KeyError):
     def __str__(self) -> str:
         return f"unknown model {self.args[0]!r}; choose one of: {', '.join(sorted(MODELS))}"
@@ -92,3 +131,16 @@ def get_model(name: str) -> ModelSpec:
     if name not in MODELS:
         raise UnknownModelError(name)
     return MODELS[name]
+
+
+def served_model(default: str, environ=None) -> str:
+    """The model a predictor serves: COGKIT_MODEL (cogkit's servers set it; in an image, cog.yaml's
+    `environment` does), else `default`. Several models can share one predictor class (a second LLM is
+    a registry entry, not a copy of the predictor), but never a predictor of another kind."""
+    import os
+
+    name = (environ if environ is not None else os.environ).get("COGKIT_MODEL") or default
+    spec, own = get_model(name), get_model(default)
+    if spec.runner != own.runner:
+        raise ValueError(f"COGKIT_MODEL={name} is served by {spec.runner}, not by {own.runner}")
+    return spec.name

@@ -41,12 +41,17 @@ class ChatTemplate:
         return self.template.render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
                                     **self.special, **extra)
 
-    def prompt(self, prompt: str, system_prompt: str | None) -> str:
-        """One user turn, with the system prompt as its own message where the template takes one."""
-        user = {"role": "user", "content": prompt}
-        if not system_prompt:
-            return self.render([user])
+    def prompt(self, prompt: str, system_prompt: str | None, history=()) -> str:
+        """The next user turn after `history` (earlier {role, content} turns), with the system prompt as
+        its own message where the template takes one, else in front of the first user message."""
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages = system + list(history) + [{"role": "user", "content": prompt}]
         try:
-            return self.render([{"role": "system", "content": system_prompt}, user])
+            return self.render(messages)
         except (TemplateError, jinja2.TemplateError):
-            return self.render([{"role": "user", "content": f"{system_prompt}\n\n{prompt}"}])
+            if messages[0]["role"] != "system":
+                raise
+        rest = [dict(m) for m in messages[1:]]
+        first_user = next(m for m in rest if m["role"] == "user")
+        first_user["content"] = f"{messages[0]['content']}\n\n{first_user['content']}"
+        return self.render(rest)

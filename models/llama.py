@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.llm_families import inv_frequencies
+
 
 @dataclass
 class LlamaConfig:
@@ -91,8 +93,6 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(positions: torch.Tensor, cfg: LlamaConfig, dtype: torch.dtype):
-    from models.llm_families import inv_frequencies
-
     seq_len = positions.max() + 1 if cfg.rope["rope_type"] == "dynamic" else None
     inv_freq, scale = inv_frequencies(cfg.rope, cfg.head_dim, cfg.max_position_embeddings, seq_len,
                                       positions.device)

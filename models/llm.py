@@ -33,7 +33,6 @@ def snapshot_extra(device: str) -> dict:
 
 
 def convert(source: Path, out: Path, dtype: str) -> dict:
-    from models.llama import LlamaConfig
     from models.llm_families import config_fields
 
     source = Path(source)
@@ -43,30 +42,25 @@ def convert(source: Path, out: Path, dtype: str) -> dict:
         state, config_json, tokenizer_json, tokenizer_config = read_hf_folder(source)
     else:
         raise ValueError(f"source: {source} is neither a .gguf file nor a model folder")
-    config = LlamaConfig(**config_fields(config_json))
-    if config.tie_word_embeddings:
+    fields = config_fields(config_json)
+    if fields["tie_word_embeddings"]:
         state.pop("lm_head.weight", None)
-    check_tensors(state, config)
+    check_tensors(state, fields)
     write_folder(out, state, config_json, tokenizer_json, tokenizer_config, dtype)
-    return {"dtype": dtype, "architecture": config.model_type, "rope_type": config.rope["rope_type"],
+    return {"dtype": dtype, "architecture": fields["model_type"], "rope_type": fields["rope"]["rope_type"],
             "parameters": sum(t.numel() for t in state.values())}
 
 
-def check_tensors(state: dict, config) -> None:
-    """The checkpoint holds exactly the tensors this family's model has, or the build says which differ."""
-    import torch
+def check_tensors(state: dict, fields: dict) -> None:
+    """The checkpoint holds exactly the tensors its family's config implies, or the build says which differ."""
+    from models.llm_families import checkpoint_tensor_names
 
-    from models.llama import Llama
-
-    with torch.device("meta"):
-        want = set(Llama(config).state_dict())
-    if config.tie_word_embeddings:
-        want.discard("lm_head.weight")
+    want = checkpoint_tensor_names(fields)
     missing, extra = sorted(want - set(state)), sorted(set(state) - want)
     if missing or extra:
         parts = ([f"missing {len(missing)} tensor(s), e.g. {', '.join(missing[:3])}"] if missing else []) + \
                 ([f"{len(extra)} unexpected tensor(s), e.g. {', '.join(extra[:3])}"] if extra else [])
-        raise ValueError(f"source: the checkpoint does not match its {config.model_type} config.json: "
+        raise ValueError(f"source: the checkpoint does not match its {fields['model_type']} config.json: "
                          + "; ".join(parts))
 
 

@@ -14,10 +14,12 @@ Rotary position frequencies follow transformers' `modeling_rope_utils` for the r
 `default`, `linear`, `dynamic`, `yarn` and `llama3`. Anything else is refused at build time with a
 message naming what is not supported, never run with silently different numbers.
 
-This module needs torch only for the frequencies; parsing a config is plain Python.
+Parsing a config is plain Python; the frequencies are torch code that torch.compile can trace.
 """
 
 import math
+
+import torch
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
@@ -122,6 +124,28 @@ def sliding_layers(raw: dict, model_type: str, layers: int) -> tuple[int | None,
     return window, [t == "sliding_attention" for t in types]
 
 
+def checkpoint_tensor_names(fields: dict) -> set[str]:
+    """The tensors a Hugging Face checkpoint of this config holds (transformers' names; the runtime
+    may store some fused), so that a build can say which ones a checkpoint lacks or has extra."""
+    names = {"model.embed_tokens.weight", "model.norm.weight"}
+    if not fields["tie_word_embeddings"]:
+        names.add("lm_head.weight")
+    for i in range(fields["num_hidden_layers"]):
+        layer = f"model.layers.{i}"
+        names |= {f"{layer}.input_layernorm.weight", f"{layer}.post_attention_layernorm.weight"}
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            names.add(f"{layer}.self_attn.{proj}.weight")
+            if fields["o_proj_bias" if proj == "o_proj" else "attention_bias"]:
+                names.add(f"{layer}.self_attn.{proj}.bias")
+        if fields["qk_norm"]:
+            names |= {f"{layer}.self_attn.q_norm.weight", f"{layer}.self_attn.k_norm.weight"}
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            names.add(f"{layer}.mlp.{proj}.weight")
+            if fields["mlp_bias"]:
+                names.add(f"{layer}.mlp.{proj}.bias")
+    return names
+
+
 # ---------------------------------------------------------------- rotary frequencies
 
 
@@ -130,8 +154,6 @@ def inv_frequencies(rope: dict, head_dim: int, max_position_embeddings: int, seq
 
     `seq_len` (a tensor or int: the largest position + 1) only matters for `dynamic`, whose base
     grows once a sequence runs past the model's context."""
-    import torch
-
     rope_type, base = rope["rope_type"], rope["rope_theta"]
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
     if rope_type == "dynamic" and seq_len is not None:
@@ -154,8 +176,6 @@ def inv_frequencies(rope: dict, head_dim: int, max_position_embeddings: int, seq
 def llama3_inv_freq(inv_freq, rope: dict):
     """Llama 3.1's long-context scaling: long wavelengths slowed by `factor`, short ones kept, a smooth
     blend between."""
-    import torch
-
     factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
     old_context = rope["original_max_position_embeddings"]
     low_freq_wavelen, high_freq_wavelen = old_context / low, old_context / high
@@ -170,8 +190,6 @@ def llama3_inv_freq(inv_freq, rope: dict):
 def yarn_inv_freq(rope: dict, head_dim: int, max_position_embeddings: int, device=None):
     """YaRN: interpolate low frequencies, extrapolate high ones, blend linearly between the dimensions
     that turn `beta_fast` and `beta_slow` times over the original context; scale attention."""
-    import torch
-
     base = rope["rope_theta"]
     original = rope["original_max_position_embeddings"]
     factor = rope.get("factor") or max_position_embeddings / original

@@ -138,10 +138,12 @@ class TextGenerator:
             pass
         return stats.token_ids
 
-    def format_prompt(self, prompt: str, system_prompt: str | None) -> str:
+    def format_prompt(self, prompt: str, system_prompt: str | None, history: list[dict] = ()) -> str:
+        """The model's input text; `history` holds earlier {role, content} turns (the `messages` input)."""
         if self.chat_template is None:
-            return prompt if not system_prompt else f"{system_prompt}\n\n{prompt}"
-        return self.chat_template.prompt(prompt, system_prompt)
+            turns = [m["content"] for m in history] + [prompt]
+            return "\n\n".join(([system_prompt] if system_prompt else []) + turns)
+        return self.chat_template.prompt(prompt, system_prompt, history)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids

@@ -135,6 +135,10 @@ def check_text(text: str) -> list[str]:
         raise TextInputError("text: is empty; give the words to speak")
     if len(text) > MAX_TEXT_CHARS:
         raise TextInputError(f"text: {len(text)} characters is longer than the limit of {MAX_TEXT_CHARS}")
+    if control := re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text):
+        # espeak reads C strings: a NUL would end the text (Python refuses it outright)
+        raise TextInputError(f"text: contains the control character U+{ord(control.group()):04X} at position "
+                             f"{control.start()}; remove it")
     if not re.search(r"\w", text):
         raise TextInputError("text: has no letters or digits to speak")
     return sentences(text)

@@ -27,9 +27,10 @@ class GatewayProcess:
     """`cogkit gateway` in a subprocess; its model servers read weights from `weights_root`."""
 
     def __init__(self, data_dir: Path, weights_root: Path, cert: tuple[Path, Path] | None,
-                 models: str = "llm", page_size: int = 100, extra_args: tuple = ()):
+                 models: str = "llm", page_size: int = 100, extra_args: tuple = (), env: dict | None = None):
         self.data_dir, self.weights_root, self.cert = data_dir, weights_root, cert
         self.models, self.page_size, self.extra_args = models, page_size, list(extra_args)
+        self.env = env or {}
         self.port = free_port()
         self.url = f"{'https' if cert else 'http'}://127.0.0.1:{self.port}"
         self.log_path = data_dir.parent / f"{data_dir.name}-gateway-{self.port}.log"
@@ -41,7 +42,7 @@ class GatewayProcess:
                "--setup-timeout", "180", *self.extra_args]
         if self.cert:
             cmd += ["--tls-cert", str(self.cert[0]), "--tls-key", str(self.cert[1])]
-        env = {**os.environ, "COGKIT_WEIGHTS_DIR": str(self.weights_root), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "COGKIT_WEIGHTS_DIR": str(self.weights_root), "OMP_NUM_THREADS": "1", **self.env}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=project_root(), env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -85,22 +86,43 @@ class GatewayProcess:
         verify = ssl.create_default_context(cafile=str(self.cert[0])) if self.cert else True
         return replicate.Client(base_url=self.url, api_token=TOKEN, transport=httpx.HTTPTransport(verify=verify))
 
-    def stop(self, sig=signal.SIGTERM) -> None:
-        """SIGTERM is a clean stop; SIGKILL a crash (then the model servers it started are killed here)."""
+    def stop(self, sig=signal.SIGTERM) -> list[int]:
+        """SIGTERM is a clean stop; SIGKILL a crash. Returns the model servers' process groups that
+        outlived the gateway by 30 s (then kills them, so that no test leaves processes behind)."""
         if not self.proc or self.proc.poll() is not None:
-            return
-        orphans = [w["pid"] for w in self.workers().values() if w["pid"]] if sig == signal.SIGKILL else []
+            return []
+        groups = [w["pid"] for w in self.workers().values() if w["pid"]]
         self.proc.send_signal(sig)
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        for pid in orphans:
+        deadline = time.monotonic() + 30
+        while any(map(group_alive, groups)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survivors = [g for g in groups if group_alive(g)]
+        for group in survivors:
             try:
-                os.killpg(pid, signal.SIGKILL)
+                os.killpg(group, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        return survivors
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` is still running (zombies waiting to be reaped are not)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 
 
 def test_cog_yaml_passes_cogs_json_schema():
-    schema = json.loads((ROOT.parent / "shared" / "reference" / "cog-config-schema.json").read_text())
+    schema = json.loads((ROOT / "models" / "cog" / "cog-config-schema.json").read_text())  # replicate/cog's
     config = yaml.safe_load((ROOT / "cog.yaml").read_text())
     jsonschema.validate(config, schema)
     assert config["build"]["python_version"] == "3.11"

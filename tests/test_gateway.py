@@ -249,8 +249,9 @@ def test_killed_worker_fails_the_prediction_and_the_next_succeeds(gateway, gatew
 
 
 def test_restart_keeps_history_and_fails_interrupted(tmp_path, gateway_weights_root):
+    # one prediction at a time, so that one waits in the queue while another runs
     gw = GatewayProcess(tmp_path / "data", gateway_weights_root, None, page_size=2,
-                        extra_args=("--max-queue", "1")).start()
+                        extra_args=("--max-queue", "1"), env={"COG_MAX_CONCURRENCY": "1"}).start()
     try:
         client = gw.client()
         done = [client.models.predictions.create(model="local/llm", input=short(seed=s), wait=30) for s in (1, 2, 3)]
@@ -280,14 +281,20 @@ def test_restart_keeps_history_and_fails_interrupted(tmp_path, gateway_weights_r
         gw.stop()
 
 
-def test_cancel_a_queued_prediction(gateway_client):
-    running = gateway_client.predictions.create(model="local/llm", input=LONG)
+def test_cancel_a_queued_prediction(gateway, gateway_client):
+    # fill every slot of the model's server (its concurrency), so that the next one waits
+    slots = gateway.workers()["llm"]["concurrency"]
+    running = [gateway_client.predictions.create(model="local/llm", input=LONG) for _ in range(slots)]
     queued = gateway_client.predictions.create(model="local/llm", input=short())
-    wait_processing_with_output(gateway_client, running)
+    for prediction in running:
+        wait_processing_with_output(gateway_client, prediction)
     queued.cancel()
     assert queued.status == "canceled" and queued.started_at is None and not queued.output
-    running.cancel()
-    running.wait()
+    for prediction in running:
+        prediction.cancel()
+    for prediction in running:
+        prediction.wait()
+        assert prediction.status == "canceled"
     queued.reload()
     assert queued.status == "canceled"  # the worker skipped it
 

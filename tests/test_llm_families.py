@@ -108,6 +108,11 @@ def test_chat_template_matches_transformers(family):
         assert text == tokenizer.apply_chat_template(
             [{"role": "user", "content": "Answer in French.\n\nOù est Paris ?"}], tokenize=False,
             add_generation_prompt=True)
+        history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+        assert generator.format_prompt("Où est Paris ?", "Answer in French.", history) == \
+            tokenizer.apply_chat_template([{"role": "user", "content": "Answer in French.\n\nHi"}, history[1],
+                                           {"role": "user", "content": "Où est Paris ?"}], tokenize=False,
+                                          add_generation_prompt=True)
         return
     assert generator.format_prompt("Où est Paris ?", "Answer in French.") == tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True)
@@ -142,3 +147,13 @@ def test_missing_hub_repo_names_the_source(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(SourceError, match="hf:tiny/absent: not in the local Hugging Face cache"):
         build_weights("llm", source="hf:tiny/absent", dest=tmp_path / "out", log=lambda *a: None)
+
+
+def test_generation_config_adds_end_of_turn_tokens(tmp_path):
+    """Llama 3 instruct checkpoints end a chat turn with <|eot_id|>, listed only in generation_config.json."""
+    source = make_tiny_checkpoint("llama3", tmp_path / "src")
+    (source / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
+    build_weights("llm", source=str(source), dtype="float32", dest=tmp_path / "out", log=lambda *a: None)
+    config = load_llama(tmp_path / "out").cfg
+    assert config.eos_token_id[0] == json.loads((source / "config.json").read_text())["eos_token_id"]
+    assert config.eos_token_id[1:] == [t for t in (2, 7) if t != config.eos_token_id[0]]

@@ -126,7 +126,7 @@ def test_openapi_schema_describes_every_input(llm_server):
     schema = requests.get(f"{llm_server.url}/openapi.json").json()
     props = schema["components"]["schemas"]["Input"]["properties"]
     assert set(props) == {"prompt", "system_prompt", "max_new_tokens", "temperature", "top_p", "top_k",
-                          "stop_sequences", "seed"}
+                          "stop_sequences", "seed", "messages"}
     assert all(p.get("description") for p in props.values())
     assert schema["components"]["schemas"]["Input"]["required"] == ["prompt"]
 

@@ -373,7 +373,7 @@ def test_example_declarations_are_checked_against_the_schema():
     ], schema, ROOT)
     assert problems == [
         "example 2 (typo): input 'promt' is not one of the model's inputs (prompt, system_prompt, "
-        "max_new_tokens, temperature, top_p, top_k, stop_sequences, seed)",
+        "max_new_tokens, temperature, top_p, top_k, stop_sequences, seed, messages)",
         "example 2 (typo): required input 'prompt' is missing",
         "example 3 (no expectation): declares no expectation (expect: equals/contains/regex/image/audio)",
         "example 4 (bad regex): regex '(' does not compile: missing ), unterminated subpattern at position 0",

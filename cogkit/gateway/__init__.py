@@ -64,13 +64,27 @@ def model_catalog(names: list[str], skip_broken: bool = False, warn=print) -> di
         source = root / spec.runner.split(":", 1)[0]
         created = datetime.fromtimestamp(source.stat().st_mtime, timezone.utc) if source.exists() \
             else datetime.now(timezone.utc)
-        catalog[name] = make_model_entry(spec, schema, iso(created))
+        catalog[name] = make_model_entry(spec, schema, iso(created), serving_concurrency(name, root))
     return catalog
+
+
+def serving_concurrency(name: str, root: Path) -> int:
+    """How many predictions the gateway hands the model's server at once: `concurrency.max` of its
+    overlay (models/cog/NAME.yaml), or COG_MAX_CONCURRENCY from the gateway's environment, which
+    overrides it for every model as it does for every server cogkit starts."""
+    from cogkit.concurrency import model_concurrency
+
+    override = os.environ.get("COG_MAX_CONCURRENCY", "").strip()
+    if override:
+        if not override.isdigit() or int(override) < 1:
+            raise ValueError(f"COG_MAX_CONCURRENCY must be a positive integer, not {override!r}")
+        return int(override)
+    return model_concurrency(name, root)
 
 
 def build_app(data_dir: Path, public_url: str, model_names: list[str], tokens: list[str],
               setup_timeout: float = 900, page_size: int = 100, max_queue: int = 1000,
-              skip_broken: bool = False, warn=print):
+              skip_broken: bool = False, warn=print, max_body: int | None = None):
     from starlette.applications import Starlette
 
     from cogkit.gateway.app import create_app
@@ -81,7 +95,7 @@ def build_app(data_dir: Path, public_url: str, model_names: list[str], tokens: l
         raise ValueError("no model to serve")
     gateway = Gateway(data_dir, public_url, catalog, setup_timeout=setup_timeout,
                       page_size=page_size, max_queue=max_queue)
-    app: Starlette = create_app(gateway, tokens)
+    app: Starlette = create_app(gateway, tokens, **({"max_body": max_body} if max_body else {}))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

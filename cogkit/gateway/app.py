@@ -14,7 +14,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from cogkit.gateway import openai_chat
 from cogkit.gateway.core import Gateway, GatewayError, parse_prefer_wait
+from cogkit.gateway.validation import MAX_BODY, BodyLimit, read_json_object, too_deep
 
 log = logging.getLogger("cogkit.gateway")
 
@@ -27,17 +29,10 @@ def problem(status: int, title: str, detail: str, headers: dict | None = None) -
                         media_type="application/problem+json", headers=headers)
 
 
-async def json_body(request: Request) -> dict:
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise GatewayError(400, "Invalid JSON", "the request body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise GatewayError(400, "Invalid JSON", "the request body must be a JSON object")
-    return body
+def create_app(gateway: Gateway, tokens: list[str], max_body: int = MAX_BODY) -> Starlette:
+    async def json_body(request: Request) -> dict:
+        return await read_json_object(request)
 
-
-def create_app(gateway: Gateway, tokens: list[str]) -> Starlette:
     def authorized(request: Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() in ("bearer", "token") and any(
@@ -102,7 +97,8 @@ def create_app(gateway: Gateway, tokens: list[str]) -> Starlette:
 
     async def get_model(request: Request) -> Response:
         p = request.path_params
-        return JSONResponse(gateway.model_json(gateway.model(p["owner"], p["name"])))
+        entry = gateway.model(p["owner"], p["name"])
+        return JSONResponse({**gateway.model_json(entry), **openai_chat.model_object(entry)})
 
     async def list_versions(request: Request) -> Response:
         p = request.path_params
@@ -115,8 +111,8 @@ def create_app(gateway: Gateway, tokens: list[str]) -> Starlette:
         return JSONResponse(gateway.version_json(entry))
 
     async def list_models(request: Request) -> Response:
-        return JSONResponse({"next": None, "previous": None,
-                             "results": [gateway.model_json(m) for m in gateway.models.values()]})
+        page = {"next": None, "previous": None, "results": [gateway.model_json(m) for m in gateway.models.values()]}
+        return JSONResponse(openai_chat.with_model_list(gateway, page))
 
     async def upload_file(request: Request) -> Response:
         if int(request.headers.get("content-length") or 0) > MAX_UPLOAD + 64 * 1024:
@@ -193,6 +189,7 @@ def create_app(gateway: Gateway, tokens: list[str]) -> Starlette:
         Route("/v1/files/{id}/download", download_file, methods=["GET"]),
         Route("/v1/webhooks/default/secret", webhook_secret, methods=["GET"]),
         Route("/v1/gateway/workers", workers, methods=["GET"]),
+        *openai_chat.routes(gateway),  # POST /v1/chat/completions
     ]
 
     async def gateway_error(request: Request, exc: GatewayError) -> Response:
@@ -202,6 +199,11 @@ def create_app(gateway: Gateway, tokens: list[str]) -> Starlette:
         titles = {404: "Not found", 405: "Method not allowed"}
         return problem(exc.status_code, titles.get(exc.status_code, "Error"),
                        exc.detail or f"{request.method} {request.url.path} is not part of this API")
+
+    async def too_deep_error(request: Request, exc: RecursionError) -> Response:
+        # a body nested too deeply for a route that parses JSON itself
+        error = too_deep()
+        return problem(error.status, error.title, error.detail)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -232,7 +234,7 @@ def create_app(gateway: Gateway, tokens: list[str]) -> Starlette:
                 return
             await require_token(scope, receive, send, self.app)
 
-    app = Starlette(routes=routes, middleware=[Middleware(TokenAuth)],
+    app = Starlette(routes=routes, middleware=[Middleware(TokenAuth), Middleware(BodyLimit, limit=max_body)],
                     exception_handlers={GatewayError: gateway_error, HTTPException: http_error,
-                                        Exception: server_error})
+                                        RecursionError: too_deep_error, Exception: server_error})
     return app

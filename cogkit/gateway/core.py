@@ -20,6 +20,8 @@ from pathlib import Path
 
 import jsonschema
 
+from cogkit.gateway import validation
+from cogkit.gateway.errors import GatewayError  # noqa: F401 - also imported from here
 from cogkit.gateway.files import OWNER, FileStore, iso
 from cogkit.gateway.store import TERMINAL, Store
 from cogkit.gateway.stream_urls import StreamSigner
@@ -31,14 +33,6 @@ log = logging.getLogger("cogkit.gateway")
 WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
 WEBHOOK_THROTTLE = 0.5  # seconds between `output`/`logs` webhooks of one prediction, as on Replicate
 KEEP_LIVE = 120  # seconds a finished prediction stays in memory for late stream readers
-
-
-class GatewayError(Exception):
-    """An error answered to the caller as problem+json."""
-
-    def __init__(self, status: int, title: str, detail: str):
-        super().__init__(detail)
-        self.status, self.title, self.detail = status, title, detail
 
 
 def now_iso() -> str:
@@ -96,6 +90,7 @@ class ModelEntry:
     validator: jsonschema.protocols.Validator
     iterator_output: bool
     demo_input: dict
+    concurrency: int = 1  # predictions its server runs at once (`concurrency.max` in its overlay)
 
     @property
     def full_name(self) -> str:
@@ -117,7 +112,7 @@ def allow_nulls(schema):
     return out
 
 
-def make_model_entry(spec, schema: dict, created_at: str) -> ModelEntry:
+def make_model_entry(spec, schema: dict, created_at: str, concurrency: int = 1) -> ModelEntry:
     components = schema["components"]["schemas"]
     input_schema = allow_nulls({**components["Input"], "components": schema["components"]})
     validator_cls = jsonschema.validators.validator_for(input_schema, default=jsonschema.Draft202012Validator)
@@ -127,7 +122,7 @@ def make_model_entry(spec, schema: dict, created_at: str) -> ModelEntry:
         name=spec.name, runner=spec.runner, summary=spec.summary, hardware=spec.hardware, schema=schema,
         version_id=digest, created_at=created_at, validator=validator_cls(input_schema),
         iterator_output=output.get("type") == "array" and output.get("x-cog-array-type") == "iterator",
-        demo_input=dict(spec.demo_input))
+        demo_input=dict(spec.demo_input), concurrency=concurrency)
 
 
 @dataclass
@@ -160,7 +155,8 @@ class Gateway:
         self.live: dict[str, Live] = {}
         self.lock = threading.RLock()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.workers = {name: ModelWorker(name, m.runner, self, env=worker_env, setup_timeout=setup_timeout)
+        self.workers = {name: ModelWorker(name, m.runner, self, env=worker_env, setup_timeout=setup_timeout,
+                                          concurrency=m.concurrency)
                         for name, m in models.items()}
         self.interrupted = self._fail_interrupted("the gateway restarted before this prediction finished")
 
@@ -226,6 +222,7 @@ class Gateway:
         inputs = body.get("input")
         if not isinstance(inputs, dict):
             raise GatewayError(422, "Invalid input", "input: required, and must be an object")
+        inputs = validation.prepare_inputs(entry, inputs)
         self._validate_input(entry, inputs)
         webhook = body.get("webhook")
         if webhook is not None and (not isinstance(webhook, str) or not re.match(r"https?://", webhook)):

@@ -33,6 +33,12 @@ CREATE TABLE IF NOT EXISTS meta (
 TERMINAL = ("succeeded", "failed", "canceled", "aborted")
 
 
+def load_record(text: str) -> dict:
+    """A stored record. Rows written before non-finite numbers were refused may hold NaN or Infinity,
+    which no JSON answer can carry: they read as null, so a listing never fails on an old row."""
+    return json.loads(text, parse_constant=lambda _: None)
+
+
 class Store:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +66,7 @@ class Store:
     def get_prediction(self, prediction_id: str) -> dict | None:
         with self.lock:
             row = self.db.execute("SELECT record FROM predictions WHERE id=?", (prediction_id,)).fetchone()
-        return json.loads(row[0]) if row else None
+        return load_record(row[0]) if row else None
 
     def list_predictions(self, limit: int, before_seq: int | None = None, after_seq: int | None = None,
                          created_after: str | None = None, created_before: str | None = None
@@ -91,7 +97,7 @@ class Store:
                 older = len(rows) > limit
                 rows = rows[:limit]
                 newer = bool(rows) and self._exists(where, args, "seq > ?", rows[0][0])
-        return [(seq, json.loads(rec)) for seq, rec in rows], older, newer
+        return [(seq, load_record(rec)) for seq, rec in rows], older, newer
 
     def _exists(self, where: str, args: list, clause: str, seq: int) -> bool:
         return self.db.execute(f"SELECT 1 FROM predictions WHERE {where} AND {clause} LIMIT 1",
@@ -102,7 +108,7 @@ class Store:
         with self.lock:
             rows = self.db.execute(f"SELECT record FROM predictions WHERE status NOT IN ({marks})",
                                    TERMINAL).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return [load_record(r[0]) for r in rows]
 
     # ------------------------------------------------------------ files
 

@@ -1,9 +1,11 @@
-"""One real coglet server per model, started on first use, fed one prediction at a time.
+"""One real coglet server per model, started on first use, fed up to its concurrency.
 
-coglet runs a single prediction per process and answers 409 to a second one, so each model has a
-queue and a thread that takes predictions from it in order; callers never see the 409. When the
-server dies (or coglet reports UNHEALTHY after its worker died) the running prediction fails with a
-reason and the next one starts a fresh server.
+coglet runs at most COG_MAX_CONCURRENCY predictions at once (1 unless the model's cog.yaml overlay
+sets `concurrency.max`) and answers 409 beyond that, so each model has a queue and as many threads
+("slots") as its server takes predictions at once; each slot takes the next prediction from the
+queue, in order, and callers never see the 409. When the server dies (or coglet reports UNHEALTHY
+after its worker died) the predictions running on it fail with a reason and the next one starts a
+fresh server.
 """
 
 import logging
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from cogkit.server import CogServer, ServerError
 
@@ -40,20 +43,30 @@ class Job:
 
 class ModelWorker:
     def __init__(self, model: str, runner: str, sink: PredictionSink, env: dict | None = None,
-                 setup_timeout: float = 900):
+                 setup_timeout: float = 900, concurrency: int = 1):
         self.model = model
         self.runner = runner
         self.sink = sink
-        self.env = env or {}
+        self.concurrency = concurrency
+        # the server must take as many predictions at once as the slots hand it
+        self.env = {**(env or {}), "COG_MAX_CONCURRENCY": str(concurrency)}
         self.setup_timeout = setup_timeout
         self.jobs: "queue.Queue[Job | None]" = queue.Queue()
         self.server: CogServer | None = None
-        self.current: str | None = None
+        self.running: set[str] = set()  # prediction ids handed to the server and not yet done
         self.restarts = 0
         self.stopping = False
-        self.server_lock = threading.Lock()  # the worker thread starts servers, stop() kills them
-        self.thread = threading.Thread(target=self._loop, name=f"worker-{model}", daemon=True)
-        self.thread.start()
+        self.server_lock = threading.Lock()  # guards self.server: slots start servers, stop() kills them
+        self.boot_lock = threading.Lock()  # one slot boots the server, the others wait for it
+        self.threads = [threading.Thread(target=self._loop, name=f"worker-{model}-{i}", daemon=True)
+                        for i in range(concurrency)]
+        for thread in self.threads:
+            thread.start()
+
+    @property
+    def current(self) -> str | None:
+        """A prediction running now (the only one when the concurrency is 1), or None."""
+        return min(self.running, default=None)
 
     # ------------------------------------------------------------ called from the gateway
 
@@ -63,7 +76,7 @@ class ModelWorker:
     def cancel_running(self, prediction_id: str) -> bool:
         """Ask coglet to cancel the prediction if it is the one running now."""
         server = self.server
-        if self.current != prediction_id or server is None:
+        if prediction_id not in self.running or server is None:
             return False
         try:
             server.cancel(prediction_id)
@@ -76,14 +89,17 @@ class ModelWorker:
         alive = bool(server and server.proc and server.proc.poll() is None)
         return {"model": self.model, "running": alive, "pid": server.proc.pid if alive else None,
                 "url": server.url if alive else None, "queued": self.jobs.qsize(),
-                "current": self.current, "restarts": self.restarts}
+                "concurrency": self.concurrency, "current": self.current,
+                "predictions": sorted(self.running), "restarts": self.restarts}
 
     def stop(self) -> None:
         """Kill the model server (breaking off a running prediction) and end the thread."""
         self.stopping = True
-        self.jobs.put(None)
+        for _ in self.threads:
+            self.jobs.put(None)
         self._stop_server()
-        self.thread.join(timeout=15)
+        for thread in self.threads:
+            thread.join(timeout=15)
         self._stop_server()
 
     # ------------------------------------------------------------ the worker thread
@@ -101,35 +117,43 @@ class ModelWorker:
                 log.exception("prediction %s failed in the gateway", job.prediction_id)
                 self.sink.on_done(job.prediction_id, {"status": "failed", "error": f"gateway error: {e}"})
             finally:
-                self.current = None
+                self.running.discard(job.prediction_id)
 
     def _ensure_server(self) -> CogServer:
-        if self.server and self.server.proc.poll() is None:
-            return self.server
-        if self.server:
-            self._stop_server()
-            self.restarts += 1
-        with self.server_lock:
-            if self.stopping:
-                raise ServerError("the gateway is shutting down")
-            log.info("starting the %s server", self.model)
-            server = self.server = CogServer(self.runner, env=self.env, setup_timeout=self.setup_timeout).start()
-        try:
-            server.wait_ready()
-        except BaseException:
-            self._stop_server()
-            raise
-        return server
+        with self.boot_lock:
+            if self.server and self.server.proc.poll() is None:
+                return self.server
+            if self.server:
+                self._stop_server()
+                self.restarts += 1
+            with self.server_lock:
+                if self.stopping:
+                    raise ServerError("the gateway is shutting down")
+                log.info("starting the %s server (%d at once)", self.model, self.concurrency)
+                server = self.server = CogServer(self.runner, env={**self.env, "COGKIT_MODEL": self.model},
+                                                 setup_timeout=self.setup_timeout).start()
+            # a pooled connection per slot (requests keeps 10 per host by default)
+            server.http.mount("http://", HTTPAdapter(pool_maxsize=self.concurrency + 2))
+            try:
+                server.wait_ready()
+            except BaseException:
+                self._stop_server()
+                raise
+            return server
 
-    def _stop_server(self) -> None:
+    def _stop_server(self, only: CogServer | None = None) -> bool:
+        """Stop the server (only if it is still `only`, when given); True when one was stopped."""
         with self.server_lock:
+            if only is not None and self.server is not only:
+                return False  # another slot has already replaced it
             server, self.server = self.server, None
         if server:
             server.stop()
+        return server is not None
 
     def _run(self, job: Job) -> None:
         pid = job.prediction_id
-        self.current = pid
+        self.running.add(pid)
         try:
             server = self._ensure_server()
         except ServerError as e:
@@ -150,15 +174,15 @@ class ModelWorker:
             else:
                 result = self._stream(server, pid, inputs)
         except ServerError as e:  # 422 and other refusals: the prediction's own fault
-            if self._server_crashed() is None:
+            if self._server_crashed(server) is None:
                 self.sink.on_done(pid, {"status": "failed", "error": str(e)})
                 return
         except (requests.RequestException, ValueError):
             pass  # the connection broke: decided below from the server's state
-        crash = self._server_crashed()
+        crash = self._server_crashed(server)
         if crash:
-            self._stop_server()
-            self.restarts += 1  # the next prediction starts a fresh server
+            if self._stop_server(only=server):  # the first slot to see the crash retires the server
+                self.restarts += 1  # the next prediction starts a fresh server
             error = (f"the {self.model} model's worker crashed during this prediction ({crash}); "
                      "the gateway restarts it for the next prediction")
             self.sink.on_done(pid, {"status": "failed", "error": error,
@@ -181,10 +205,9 @@ class ModelWorker:
                 result = data
         return result
 
-    def _server_crashed(self) -> str | None:
-        """Why the server can no longer serve, or None when it is healthy."""
-        server = self.server
-        if server is None:
+    def _server_crashed(self, server: CogServer) -> str | None:
+        """Why `server` can no longer serve, or None when it is healthy."""
+        if server is not self.server:  # stopped, or already replaced after a crash
             return "the gateway is shutting down" if self.stopping else "the server was stopped"
         code = server.proc.poll()
         if code is not None:

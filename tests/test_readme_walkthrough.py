@@ -1,0 +1,52 @@
+"""The README's "Package your own model" walkthrough, run as written on a fresh copy of the repository:
+every command of its code blocks, in order, each one must succeed."""
+
+import re
+
+import pytest
+
+from cogkit.weights import project_root
+from tests.scratch_project import copy_project, run
+
+SECTION = "## Package your own model"
+
+
+def walkthrough_blocks() -> list[list[str]]:
+    text = (project_root() / "README.md").read_text()
+    start = text.index(SECTION)
+    end = text.index("\n## ", start + len(SECTION))
+    blocks = re.findall(r"```sh\n(.*?)```", text[start:end], re.S)
+    return [[line for line in block.splitlines() if line.strip()] for block in blocks]
+
+
+def test_the_walkthrough_has_the_llm_and_the_custom_path():
+    blocks = walkthrough_blocks()
+    assert len(blocks) == 2
+    assert any(line.startswith("cogkit new mychat --kind llm --source ./my-model") for line in blocks[0])
+    assert any(line.startswith("cogkit new sentiment --kind custom") for line in blocks[1])
+    assert all(block[-1].startswith("cogkit push") and block[-1].endswith("--dry-run") for block in blocks)
+
+
+@pytest.fixture(scope="module")
+def fresh_copy(tmp_path_factory):
+    return copy_project(tmp_path_factory.mktemp("fresh-clone"))
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["llm", "custom"])
+def test_walkthrough_runs_as_written(fresh_copy, index):
+    outputs = []
+    for command in walkthrough_blocks()[index]:
+        done = run(fresh_copy, command, timeout=900)
+        assert done.returncode == 0, f"`{command}` failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+        outputs.append((command, done))
+    push = outputs[-1][1]
+    # The dry run passed every check (examples through the real server, the snapshot) and shows the push.
+    assert re.search(r"check 4 examples\s+ok", push.stderr) and re.search(r"check 5 snapshot\s+ok", push.stderr)
+    assert f"cd {fresh_copy} && cog push r8.im/acme/" in push.stdout
+    if index == 0:
+        assert "COGKIT_MODEL=mychat" in push.stdout  # the composed cog.yaml tells LLMRunner which model
+        # A second LLM is data: predict.py is untouched.
+        assert (fresh_copy / "predict.py").read_text() == (project_root() / "predict.py").read_text()
+    else:
+        predicted = next(done for command, done in outputs if command.startswith("cogkit predict"))
+        assert re.fullmatch(r"(negative|positive) [01]\.\d{3}\n", predicted.stdout)
