@@ -138,3 +138,11 @@ def test_a_second_boot_skips_the_warm_up_on_the_snapshot(hf_built):
         lines = server.setup_log_lines()
     assert any("skipping the warm-up" in line for line in lines), lines
     assert not any(line.startswith("setup: warmup took") for line in lines), lines
+
+
+def test_the_whisper_image_installs_no_torch():
+    from tests.test_requirements import pins
+
+    wanted = pins(ROOT / "requirements" / "whisper.txt")
+    assert {"ctranslate2", "faster-whisper"} <= set(wanted)
+    assert not {"torch", "transformers", "diffusers"} & set(wanted)
