@@ -68,6 +68,15 @@ def plan(name: str, kind: str, source: str | None, hardware: str | None, root: P
     if hardware not in KNOWN_HARDWARE:
         raise NewModelError(f"hardware {hardware!r}: Replicate offers {', '.join(KNOWN_HARDWARE)}")
 
+    if kind == "llm" and source and (Path(source).expanduser() / "config.json").is_file():
+        # A local checkpoint the LLM predictor cannot run is refused now, not at the first build.
+        from models.llm_families import UnsupportedModelError, check_supported
+
+        config = Path(source).expanduser() / "config.json"
+        try:
+            check_supported(json.loads(config.read_text()), where=str(config))
+        except (UnsupportedModelError, ValueError) as e:
+            raise NewModelError(str(e)) from None
     entry = {"kind": kind}
     if source:
         entry["source"] = source

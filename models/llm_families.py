@@ -124,6 +124,28 @@ def sliding_layers(raw: dict, model_type: str, layers: int) -> tuple[int | None,
     return window, [t == "sliding_attention" for t in types]
 
 
+def checkpoint_tensor_names(fields: dict) -> set[str]:
+    """The tensors a Hugging Face checkpoint of this config holds (transformers' names; the runtime
+    may store some fused), so that a build can say which ones a checkpoint lacks or has extra."""
+    names = {"model.embed_tokens.weight", "model.norm.weight"}
+    if not fields["tie_word_embeddings"]:
+        names.add("lm_head.weight")
+    for i in range(fields["num_hidden_layers"]):
+        layer = f"model.layers.{i}"
+        names |= {f"{layer}.input_layernorm.weight", f"{layer}.post_attention_layernorm.weight"}
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            names.add(f"{layer}.self_attn.{proj}.weight")
+            if fields["o_proj_bias" if proj == "o_proj" else "attention_bias"]:
+                names.add(f"{layer}.self_attn.{proj}.bias")
+        if fields["qk_norm"]:
+            names |= {f"{layer}.self_attn.q_norm.weight", f"{layer}.self_attn.k_norm.weight"}
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            names.add(f"{layer}.mlp.{proj}.weight")
+            if fields["mlp_bias"]:
+                names.add(f"{layer}.mlp.{proj}.bias")
+    return names
+
+
 # ---------------------------------------------------------------- rotary frequencies
 
 

@@ -115,3 +115,24 @@ def test_closing_a_stream_cancels_its_prediction(chat, gateway_client):
     wait_until(lambda: prediction.reload() or prediction.status == "canceled", timeout=30, what="the cancel")
     assert len(prediction.output) < 8192
     assert gateway_client.run("local/llm", input={"prompt": "hi", "max_new_tokens": 2})  # the model is free again
+
+
+def test_a_failed_prediction_is_one_error_not_retried(gateway, chat, gateway_client):
+    too_long = [{"role": "user", "content": "story " * 4000}]  # past the tiny model's 2048-token context
+    retrying = chat.with_options(max_retries=2)
+    before = {p.id for p in gateway_client.predictions.list().results}
+    with pytest.raises(openai.InternalServerError) as raised:
+        retrying.chat.completions.create(model="local/llm", messages=too_long, max_tokens=4)
+    assert "does not fit the model's context" in raised.value.message
+    made = [p for p in gateway_client.predictions.list().results if p.id not in before]
+    assert len(made) == 1 and made[0].status == "failed"  # x-should-retry: false kept the client from retrying
+    with pytest.raises(openai.APIError, match="does not fit the model's context"):
+        list(chat.chat.completions.create(model="local/llm", messages=too_long, max_tokens=4, stream=True))
+
+
+def test_bodies_that_are_not_json_objects_are_400_in_openai_shape(gateway):
+    url, auth = f"{gateway.url}/v1/chat/completions", {"Authorization": f"Bearer {TOKEN}"}
+    for body in (b"[1, 2]", b"{nope", b'{"model": "local/llm", "messages": [], "temperature": NaN}'):
+        resp = requests.post(url, data=body, headers={**auth, "Content-Type": "application/json"},
+                             verify=gateway.verify)
+        assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error", resp.text

@@ -54,6 +54,14 @@ def test_refusals_name_the_problem_and_write_nothing(project, args, message):
     assert sorted(p.relative_to(project) for p in project.rglob("*") if p.is_file()) == before
 
 
+def test_an_llm_family_the_predictor_cannot_run_is_refused_at_once(project):
+    (project / "gemma").mkdir()
+    (project / "gemma" / "config.json").write_text('{"model_type": "gemma2"}')
+    done = run(project, "cogkit new gem --kind llm --source ./gemma")
+    assert done.returncode == 2 and "model_type 'gemma2', which cogkit's LLM predictor does not run" in done.stderr
+    assert not (project / "models" / "cog" / "gem.yaml").exists()
+
+
 def test_unknown_kind_is_a_usage_error(project):
     done = run(project, "cogkit new other --kind diffusion")
     assert done.returncode == 2 and "invalid choice: 'diffusion'" in done.stderr

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from cogkit.gateway.core import Gateway, GatewayError, ModelEntry
 from cogkit.gateway.files import OWNER
 from cogkit.gateway.store import TERMINAL
+from cogkit.gateway.validation import read_json_object
 
 # OpenAI request field -> the LLM predictor's input
 RENAMED = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens", "temperature": "temperature",
@@ -186,11 +187,9 @@ def routes(gateway: Gateway) -> list[Route]:
     async def chat_completions(request: Request) -> Response:
         try:
             try:
-                body = await request.json()
-            except (ValueError, UnicodeDecodeError):
-                body = None
-            if not isinstance(body, dict):
-                raise ChatError(400, "the request body must be a JSON object")
+                body = await read_json_object(request)  # bounded, no NaN/Infinity, not too deep
+            except GatewayError as e:
+                raise as_chat_error(e) from None
             entry = chat_entry(gateway, body.get("model"))
             inputs = prediction_input(entry, body)
             try:
