@@ -1,5 +1,5 @@
 # The two commands of the README's quick start.
-.PHONY: demo test test-slow setup weights js-client
+.PHONY: demo test test-slow setup weights js-client test-containers
 
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE = 1
@@ -24,6 +24,11 @@ js-client: tests/js/node_modules/.package-lock.json
 
 test: setup js-client
 	.venv/bin/python -m pytest -q
+
+# Every model's image built and run in a real engine (the LLM's is ~2 GB; CI runs only the TTS one).
+# Needs a running Docker or Podman; `source .ci/engine.sh && engine_start` sets one up.
+test-containers: setup
+	COGKIT_TEST_BIG_IMAGES=1 .venv/bin/python -m pytest -q tests/test_container.py tests/test_container_llm.py
 
 # End-to-end checks too slow for every CI run (e.g. `cogkit new` of an image, whisper and tts model).
 test-slow: setup

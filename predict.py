@@ -96,7 +96,10 @@ class LLMRunner(BaseRunner):
         folder, dev = weights_folder("llm"), device()
         manifest = read_manifest(folder)
         print(f"setup: weights {folder} ({manifest['dtype']}, from {manifest['source']})", flush=True)
-        self.llm = TextGenerator(folder, dev)
+        # Up to COG_MAX_CONCURRENCY predictions run at once, batched step by step by one engine.
+        max_batch = int(os.environ.get("COG_MAX_CONCURRENCY", "1"))
+        self.llm = TextGenerator(folder, dev, max_batch=max_batch)
+        print(f"setup: up to {max_batch} concurrent generations", flush=True)
         timer.done("load")
 
         snapshot = Snapshot(folder, dev, extra=snapshot_extra(dev))
@@ -166,7 +169,7 @@ class LLMRunner(BaseRunner):
         ),
     ) -> ConcatenateIterator[str]:
         from models.chat_messages import parse_messages
-        from models.text_generation import GenerationStats, Sampling
+        from models.text_generation import Sampling
 
         if seed is None:
             seed = random.SystemRandom().randrange(2**31)
@@ -175,17 +178,51 @@ class LLMRunner(BaseRunner):
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             top_k=top_k, seed=seed)
         history = parse_messages(messages, system_prompt)
-        prompt_ids = self.llm.encode(self.llm.format_prompt(prompt, system_prompt, history))
+        # Before the stream starts: a prompt that cannot fit fails at once, without tokenising it all.
+        prompt_ids = self.llm.encode_prompt(self.llm.format_prompt(prompt, system_prompt, history))
+        return self._stream(prompt_ids, sampling, stops)
+
+    def _stream(self, prompt_ids, sampling, stops):
+        from models.text_generation import GenerationStats
+
         stats = GenerationStats()
         try:
+            # The engine batches this request with the others in flight. When coglet cancels the
+            # prediction (an exception raised in this generator), closing it drops the request.
             yield from self.llm.generate(prompt_ids, sampling, stops, stats)
         finally:
             self.record_metric("input_token_count", stats.input_tokens)
             self.record_metric("output_token_count", stats.output_tokens)
             self.record_metric("time_to_first_token", round(stats.time_to_first_token, 4))
             self.record_metric("tokens_per_second", round(stats.tokens_per_second, 2))
-            self.record_metric("seed", seed)
+            self.record_metric("seed", sampling.seed)
             self.record_metric("stop_reason", stats.stop_reason)
+
+
+def concurrent_run(run):
+    """coglet (0.23) runs predictions side by side only for an `async def run`. An async generator's
+    output would reach the client only at the end (coglet collects it), but a coroutine that returns
+    a plain generator streams, each iterated on its own thread. So: the same run(), as a coroutine
+    (its prompt counting off the event loop) returning the token stream. Caveat, measured: coglet
+    does not deliver a cancel to such a returned stream, so at concurrency > 1 a cancelled
+    prediction runs to its token limit (see README, "LLM serving")."""
+    import asyncio
+    import functools
+    import inspect
+
+    # coglet passes only the inputs a request gave; the Input() defaults are filled in here.
+    defaults = {name: getattr(p.default, "default", p.default)
+                for name, p in inspect.signature(run).parameters.items() if name != "self"}
+
+    @functools.wraps(run)
+    async def run_async(self, **inputs):
+        return await asyncio.to_thread(run, self, **{**defaults, **inputs})
+
+    return run_async
+
+
+if int(os.environ.get("COG_MAX_CONCURRENCY", "1")) > 1:
+    LLMRunner.run = concurrent_run(LLMRunner.run)
 
 
 # ---------------------------------------------------------------- image generation

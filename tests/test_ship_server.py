@@ -3,6 +3,7 @@ push path up to the Cog CLI."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -106,17 +107,23 @@ def test_push_dry_run_then_push_records_the_lock(tmp_path, tiny_weights_root, fa
            "FAKE_COG_RECORD": str(record), "REPLICATE_API_TOKEN": "test-token",
            "REPLICATE_BASE_URL": fake_replicate}
 
-    res = cogkit("push", "llm", "r8.im/acme/tiny", "--dry-run", env=env)
+    # Without the Cog CLI: `cogkit build` and a registry push (engine or not, a dry run shows them).
+    res = cogkit("push", "llm", "r8.im/acme/tiny", "--dry-run", "--without-cog", env=env)
     assert res.returncode == 0, res.stderr
     for number, name in enumerate(["schema", "compat", "weights", "examples", "snapshot"], 1):
         assert f"llm check {number} {name:<9} ok" in res.stderr, res.stderr
+    assert f"cd {root} && cogkit build llm --tag r8.im/acme/tiny" in res.stdout
+    assert re.search(r"^(docker|podman) push r8\.im/acme/tiny$", res.stdout, re.M), res.stdout
+
+    fake_tools(tmp_path / "bin")
+    env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"
+    res = cogkit("push", "llm", "r8.im/acme/tiny", "--dry-run", env=env)
+    assert res.returncode == 0, res.stderr
     assert f"cd {root} && cog push r8.im/acme/tiny" in res.stdout
     assert "#    run: predict.py:LLMRunner" in res.stdout
     assert not record.exists() and not (root / "cog.yaml").exists()
     assert not (root / "models" / "locks" / "llm.schema.json").exists()
 
-    fake_tools(tmp_path / "bin")
-    env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"
     dockerignore_before = (root / ".dockerignore").read_text()
     res = cogkit("push", "llm", "r8.im/acme/tiny", env=env)
     assert res.returncode == 0, res.stderr
