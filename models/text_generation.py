@@ -3,9 +3,10 @@
 Runs on torch, `tokenizers` and jinja2 only; transformers is needed to build weights, not to boot.
 """
 
+import asyncio
 import json
-import time
-from collections.abc import Iterator
+import queue
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,9 +109,12 @@ class TextStream:
 
 
 class TextGenerator:
-    """A loaded LLM: model, tokenizer and chat template from one built weights folder."""
+    """A loaded LLM: model, tokenizer and chat template from one built weights folder, and the
+    batching engine that runs its generations (up to `max_batch` at once)."""
 
-    def __init__(self, folder: Path, device: str = "cpu"):
+    def __init__(self, folder: Path, device: str = "cpu", max_batch: int = 1):
+        from models.llm_engine import BatchEngine
+
         folder = Path(folder)
         self.model: Llama = load_llama(folder, device)
         self.device = device
@@ -121,13 +125,15 @@ class TextGenerator:
         self.chat_template = ChatTemplate(template, self.special) if template else None
         self.eos_ids = set(self.model.cfg.eos_token_id)
         self.context_length = self.model.cfg.max_position_embeddings
-        self.decode_step = self.model
+        # No token is longer than this many characters: a lower bound on any text's token count.
+        self.max_token_chars = max(len(t) for t in self.tokenizer.get_vocab()) + 1
+        self.engine = BatchEngine(self.model, self.tokenizer, self.eos_ids, self.context_length, max_batch)
 
     def compile_decode(self) -> None:
-        """Compile the one-token decode step. The KV cache is allocated for the whole context up front
-        so that every call has the same shapes and compiles once."""
-        self.model.setup_cache(self.context_length)
-        self.decode_step = torch.compile(self.model, fullgraph=True, dynamic=False)
+        """Compile the model's forward (GPU): shapes vary with the batch and the filled cache length,
+        so it is compiled with dynamic shapes once rather than once per shape."""
+        self.model.setup_cache(self.context_length, slots=self.engine.max_batch)
+        self.model.forward = torch.compile(self.model.forward, dynamic=True)
 
     def warmup(self, max_new_tokens: int = 2) -> list[int]:
         """A tiny greedy generation that runs the prefill and the decode path once (and compiles the
@@ -148,48 +154,79 @@ class TextGenerator:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    @torch.inference_mode()
+    def encode_prompt(self, text: str, chunk_chars: int = 16384) -> list[int]:
+        """Token ids of a prompt, refusing one that cannot fit the context without tokenising all of
+        it: first by its length in characters, then by counting tokens chunk by chunk (cut at
+        spaces, where the pre-tokenizer cuts too) until the count is over the limit."""
+        limit = self.context_length - 1
+        if len(text) > limit * self.max_token_chars:
+            raise self._too_long(f"at least {len(text) // self.max_token_chars}")
+        if len(text) > chunk_chars:
+            count, start = 0, 0
+            while start < len(text):
+                end = min(len(text), start + chunk_chars)
+                if end < len(text):
+                    cut = text.rfind(" ", start + 1, end)
+                    end = cut if cut > start else end
+                count += len(self.encode(text[start:end]))
+                start = end
+                if count > limit + start // chunk_chars:  # allow one extra token per cut
+                    raise self._too_long(f"more than {limit}")
+        ids = self.encode(text)
+        if len(ids) > limit:
+            raise self._too_long(str(len(ids)))
+        return ids
+
+    def _too_long(self, count: str) -> PromptTooLongError:
+        return PromptTooLongError(
+            f"prompt: {count} tokens does not fit the model's context of {self.context_length} "
+            "tokens; shorten the prompt or system_prompt")
+
+    def request(self, prompt_ids: list[int], sampling: Sampling, stop_sequences: list[str],
+                stats: GenerationStats, emit):
+        from models.llm_engine import Request
+
+        return Request(prompt_ids, sampling, stop_sequences, emit, stats)
+
     def generate(self, prompt_ids: list[int], sampling: Sampling, stop_sequences: list[str],
                  stats: GenerationStats) -> Iterator[str]:
-        """Yield text pieces as tokens are produced; `stats` is filled in as it goes."""
-        n_prompt = len(prompt_ids)
-        if n_prompt == 0:
-            raise ValueError("prompt: the prompt is empty after tokenization")
-        if n_prompt >= self.context_length:
-            raise PromptTooLongError(
-                f"prompt: {n_prompt} tokens does not fit the model's context of {self.context_length} "
-                "tokens; shorten the prompt or system_prompt")
-        max_new = min(sampling.max_new_tokens, self.context_length - n_prompt)
-        stats.input_tokens, stats.output_tokens = n_prompt, 0
-        generator = torch.Generator().manual_seed(sampling.seed)
-        stream = TextStream(self.tokenizer, stop_sequences)
-        self.model.setup_cache(n_prompt + max_new)
+        """Yield text pieces as tokens are produced; `stats` is filled in as it goes. Closing the
+        iterator early cancels the generation."""
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        req = self.request(prompt_ids, sampling, stop_sequences, stats, events.put)
+        self.engine.submit(req)
+        try:
+            while True:
+                try:  # a short wait, so that an exception coglet raises in this thread (cancel) lands
+                    kind, value = events.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if kind == "text":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+        finally:
+            req.cancelled = True
 
-        start = time.perf_counter()
-        ids = torch.tensor([prompt_ids], device=self.device)
-        positions = torch.arange(n_prompt, device=self.device)
-        stats.stop_reason = "length"
-        for step in range(max_new):
-            forward = self.model if step == 0 else self.decode_step
-            logits = forward(ids, positions)[0, -1]
-            token = pick_next_token(logits, sampling, generator)
-            if step == 0:
-                stats.time_to_first_token = time.perf_counter() - start
-                first_token_at = time.perf_counter()
-            if token in self.eos_ids:
-                stats.stop_reason = "eos"
-                break
-            stats.output_tokens += 1
-            stats.token_ids.append(token)
-            piece = stream.push(token)
-            if piece:
-                yield piece
-            if stream.stopped:
-                stats.stop_reason = "stop_sequence"
-                break
-            stats.decode_seconds = time.perf_counter() - first_token_at
-            positions = positions[-1:] + 1
-            ids = torch.tensor([[token]], device=self.device)
-        tail = stream.flush()
-        if tail:
-            yield tail
+    async def agenerate(self, prompt_ids: list[int], sampling: Sampling, stop_sequences: list[str],
+                        stats: GenerationStats) -> AsyncIterator[str]:
+        """`generate` for an asyncio caller: many run at once, batched by the engine. Cancelling the
+        awaiting task drops the request at the engine's next step."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        req = self.request(prompt_ids, sampling, stop_sequences, stats,
+                           lambda item: loop.call_soon_threadsafe(events.put_nowait, item))
+        self.engine.submit(req)
+        try:
+            while True:
+                kind, value = await events.get()
+                if kind == "text":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+        finally:
+            req.cancelled = True

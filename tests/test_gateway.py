@@ -288,6 +288,9 @@ def test_cancel_a_queued_prediction(gateway, gateway_client):
     queued = gateway_client.predictions.create(model="local/llm", input=short())
     for prediction in running:
         wait_processing_with_output(gateway_client, prediction)
+    # all of them on the server at once, the extra one waiting in the gateway's queue
+    worker = gateway.workers()["llm"]
+    assert set(worker["predictions"]) == {p.id for p in running} and worker["queued"] == 1
     queued.cancel()
     assert queued.status == "canceled" and queued.started_at is None and not queued.output
     for prediction in running:

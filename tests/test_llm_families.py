@@ -50,7 +50,7 @@ def test_logits_match_transformers(family):
     ours.setup_cache(ids.shape[1])
     with torch.no_grad():
         want = reference(ids).logits
-        got = ours(ids, torch.arange(ids.shape[1]))
+        got = ours(ids, torch.arange(ids.shape[1])[None], all_logits=True)
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
 
 

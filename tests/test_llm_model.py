@@ -23,7 +23,7 @@ def test_logits_match_transformers(tiny_llm_source, tiny_weights_root):
     ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8, 9, 10]])
     with torch.no_grad():
         want = reference(ids).logits
-        got = ours(ids, torch.arange(ids.shape[1]))
+        got = ours(ids, torch.arange(ids.shape[1])[None], all_logits=True)
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
 
 
@@ -32,10 +32,10 @@ def test_incremental_decoding_matches_full_forward(tiny_weights_root):
     model.setup_cache(32)
     ids = torch.tensor([[11, 12, 13, 14, 15, 16]])
     with torch.no_grad():
-        full = model(ids, torch.arange(6))[0, -1]
-        model(ids[:, :4], torch.arange(4))
-        model(ids[:, 4:5], torch.tensor([4]))
-        step = model(ids[:, 5:6], torch.tensor([5]))[0, -1]
+        full = model(ids, torch.arange(6)[None])[0]
+        model(ids[:, :4], torch.arange(4)[None])
+        model(ids[:, 4:5], torch.tensor([[4]]))
+        step = model(ids[:, 5:6], torch.tensor([[5]]))[0]
     torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
 
 

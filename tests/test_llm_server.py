@@ -99,7 +99,8 @@ def test_prompt_longer_than_context_fails_clearly(llm_server):
     assert text(run(llm_server, max_new_tokens=3, temperature=0))
 
 
-def test_cancel_stops_a_long_generation(llm_server):
+def test_cancel_stops_a_long_generation(endless_llm_server_single):
+    llm_server = endless_llm_server_single  # no end-of-sequence token: it runs until cancelled
     prediction_id = uuid.uuid4().hex
     events = []
 

@@ -1,0 +1,206 @@
+"""Continuous batching: one thread runs the model for every request in flight.
+
+Each step of the engine's loop
+  1. drops the requests that were cancelled (from any thread) or have finished,
+  2. admits a waiting request (when a slot is free) and runs one chunk of its prompt (prefill),
+  3. runs one decode step for all the sequences that are generating: a [B, 1] forward over B cache
+     slots, then each sequence picks its next token with its own sampling settings and generator.
+So a request joins the running batch at the next step and leaves as soon as it is done; a long
+prompt is prefilled in chunks between decode steps, and cancelling takes effect at the next step.
+
+Running sequences keep the cache slots 0..B-1 (the one being prefilled sits right after them), so a
+decode step reads a contiguous view of the cache; when one leaves, the last moves into its slot.
+"""
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from models.text_generation import GenerationStats, PromptTooLongError, Sampling, TextStream, pick_next_token
+
+# Prompt tokens per prefill forward: bounds how long the other streams (and a cancel) wait.
+PREFILL_CHUNK = 128
+
+
+@dataclass
+class Request:
+    """One generation. `emit` is called from the engine thread with ("text", str), then once with
+    ("done", None) or ("error", exception). Set `cancelled` from any thread to drop it."""
+    prompt_ids: list[int]
+    sampling: Sampling
+    stop_sequences: list[str]
+    emit: Callable[[tuple], None]
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    cancelled: bool = False
+
+
+@dataclass
+class Sequence:
+    request: Request
+    stream: TextStream
+    generator: torch.Generator
+    max_new: int
+    prefilled: int = 0  # prompt tokens already in the cache
+    cached: int = 0  # tokens in the cache (prompt and fed-back output)
+    last_token: int = -1  # the token to feed at the next decode step (-1: still prefilling)
+    submitted_at: float = 0.0
+    first_token_at: float = 0.0
+    finished: bool = False
+
+
+class BatchEngine:
+    def __init__(self, model, tokenizer, eos_ids: set[int], context_length: int, max_batch: int = 1):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.context_length = context_length
+        self.max_batch = max(1, max_batch)
+        self.device = model.device
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # index == cache slot; decoding first, prefilling last
+        self.wake = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self.steps = 0  # decode steps run, and the batch sizes they had (for tests and metrics)
+        self.batch_sizes: list[int] = []
+
+    # ------------------------------------------------------------------ public, any thread
+    def submit(self, request: Request) -> None:
+        """Queue a request; raises PromptTooLongError/ValueError at once for a prompt that cannot run."""
+        n_prompt = len(request.prompt_ids)
+        if n_prompt == 0:
+            raise ValueError("prompt: the prompt is empty after tokenization")
+        if n_prompt >= self.context_length:
+            raise PromptTooLongError(
+                f"prompt: {n_prompt} tokens does not fit the model's context of {self.context_length} "
+                "tokens; shorten the prompt or system_prompt")
+        seq = Sequence(request, TextStream(self.tokenizer, request.stop_sequences),
+                       torch.Generator().manual_seed(request.sampling.seed),
+                       max_new=min(request.sampling.max_new_tokens, self.context_length - n_prompt),
+                       submitted_at=time.perf_counter())
+        request.stats.input_tokens = n_prompt
+        with self.wake:
+            self.waiting.append(seq)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)
+                self.thread.start()
+            self.wake.notify()
+
+    # ------------------------------------------------------------------ the engine thread
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self.wake:
+                    while not self.waiting and not self.running:
+                        self.wake.wait()
+                try:
+                    self.step()
+                except Exception as e:  # a bug or out-of-memory: fail what is in flight, keep serving
+                    for seq in self.running:
+                        self._finish(seq, ("error", e))
+                    self.running = []
+
+    def step(self) -> None:
+        self._drop_finished()
+        self._admit()
+        prefilling = self.running[-1] if self.running and self.running[-1].last_token < 0 else None
+        if prefilling is not None:
+            self._prefill_chunk(prefilling, slot=len(self.running) - 1)
+        # The generating sequences are a prefix of `running` (slots 0..B-1); a prefill that just
+        # produced its first token joins them in this very step.
+        decoding = [s for s in self.running if s.last_token >= 0 and not s.finished]
+        assert decoding == self.running[: len(decoding)]
+        if decoding:
+            self._decode(decoding)
+
+    def _drop_finished(self) -> None:
+        with self.wake:
+            for seq in [s for s in self.waiting if s.request.cancelled]:
+                self.waiting.remove(seq)
+                seq.request.stats.stop_reason = "canceled"
+        keep = []
+        for slot, seq in enumerate(self.running):
+            if seq.request.cancelled and not seq.finished:
+                seq.request.stats.stop_reason = "canceled"
+                seq.finished = True
+            if seq.finished:
+                continue
+            if slot != len(keep):  # compact: only ever moves a sequence to a lower slot
+                self.model.move_slot(slot, len(keep), seq.cached)
+            keep.append(seq)
+        self.running = keep
+
+    def _admit(self) -> None:
+        if self.running and self.running[-1].last_token < 0:
+            return  # one prefill at a time
+        if len(self.running) >= self.max_batch:
+            return
+        with self.wake:
+            if not self.waiting:
+                return
+            seq = self.waiting.popleft()
+        need = len(seq.request.prompt_ids) + seq.max_new
+        self.model.setup_cache(need, slots=len(self.running) + 1)
+        self.running.append(seq)
+
+    def _prefill_chunk(self, seq: Sequence, slot: int) -> None:
+        ids = seq.request.prompt_ids[seq.prefilled: seq.prefilled + PREFILL_CHUNK]
+        start = seq.prefilled
+        positions = torch.arange(start, start + len(ids), device=self.device)[None]
+        logits = self.model(torch.tensor([ids], device=self.device), positions, first_slot=slot,
+                            kv_len=start + len(ids))
+        seq.prefilled += len(ids)
+        seq.cached += len(ids)
+        if seq.prefilled == len(seq.request.prompt_ids):
+            self._take_token(seq, logits[0])
+
+    def _decode(self, seqs: list[Sequence]) -> None:
+        ids = torch.tensor([[s.last_token] for s in seqs], device=self.device)
+        positions = torch.tensor([[s.cached] for s in seqs], device=self.device)
+        logits = self.model(ids, positions, first_slot=0, kv_len=max(s.cached for s in seqs) + 1)
+        for s in seqs:
+            s.cached += 1
+        self.steps += 1
+        self.batch_sizes.append(len(seqs))
+        greedy = logits.argmax(-1).tolist() if any(s.request.sampling.temperature == 0 for s in seqs) else None
+        for i, seq in enumerate(seqs):
+            if seq.request.cancelled:
+                continue
+            token = greedy[i] if greedy and seq.request.sampling.temperature == 0 else None
+            self._take_token(seq, logits[i], token)
+
+    def _take_token(self, seq: Sequence, logits: torch.Tensor, token: int | None = None) -> None:
+        stats = seq.request.stats
+        if token is None:
+            token = pick_next_token(logits, seq.request.sampling, seq.generator)
+        now = time.perf_counter()
+        if stats.output_tokens == 0 and seq.last_token < 0:
+            stats.time_to_first_token = now - seq.submitted_at
+            seq.first_token_at = now
+        if token in self.eos_ids:
+            stats.stop_reason = "eos"
+            return self._finish(seq)
+        stats.output_tokens += 1
+        stats.token_ids.append(token)
+        piece = seq.stream.push(token)
+        if piece:
+            seq.request.emit(("text", piece))
+        stats.decode_seconds = now - seq.first_token_at
+        if seq.stream.stopped:
+            stats.stop_reason = "stop_sequence"
+            return self._finish(seq)
+        if stats.output_tokens >= seq.max_new:
+            stats.stop_reason = "length"
+            return self._finish(seq)
+        seq.last_token = token
+
+    def _finish(self, seq: Sequence, final: tuple = ("done", None)) -> None:
+        seq.finished = True
+        if final[0] == "done":
+            tail = seq.stream.flush()
+            if tail:
+                seq.request.emit(("text", tail))
+        seq.request.emit(final)
