@@ -206,6 +206,8 @@ def usage_price(per_token: str | None, per_request: float | None, tokens_in: int
         return None
     try:
         price_in, price_out = (float(x) for x in per_token.split("/"))
+        if not (math.isfinite(price_in) and math.isfinite(price_out)):
+            raise ValueError
     except ValueError:
         raise CostError(f"--per-token-price {per_token!r}: expected IN/OUT dollars per million tokens, "
                         "e.g. 0.40/1.00") from None
@@ -487,6 +489,11 @@ def cmd_cost(args) -> int:
 
     spec = get_model(args.model)
     try:
+        for option in ("rpm", "peak", "seconds_per_request", "price_per_second", "boot_s", "throughput",
+                       "idle_timeout", "per_request_price"):
+            value = getattr(args, option)
+            if value is not None and not math.isfinite(value):
+                raise CostError(f"--{option.replace('_', '-')} must be a finite number, not {value}")
         prices = hardware_prices()
         hardware = args.hardware or spec.hardware
         if args.price_per_second is not None:

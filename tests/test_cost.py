@@ -164,6 +164,9 @@ def test_cost_command_errors_name_the_option(tmp_path, capsys):
     assert main(["cost", "llm", "--boot-s", "2", "--throughput", "10", "--tokens-out", "10", "--rpm", "5",
                  "--min", "3", "--max", "2", "--no-plot"]) == 2
     assert "--max >= --min" in capsys.readouterr().err
+    assert main(["cost", "llm", "--boot-s", "2", "--throughput", "10", "--tokens-out", "10", "--rpm", "nan",
+                 "--no-plot"]) == 2
+    assert "--rpm must be a finite number" in capsys.readouterr().err
 
 
 def test_cost_llm_on_the_projects_own_bench_json(tmp_path, capsys):
