@@ -160,7 +160,7 @@ def read_profile(path: Path) -> list[float]:
         values = [float(v) for v in values]
     except (TypeError, ValueError):
         raise CostError(f"--profile {path}: expected 24 numbers (requests per minute in each hour)") from None
-    if len(values) != 24 or any(v < 0 or math.isnan(v) for v in values) or not any(values):
+    if len(values) != 24 or any(v < 0 or not math.isfinite(v) for v in values) or not any(values):
         raise CostError(f"--profile {path}: expected 24 non-negative numbers, not all 0 (got {len(values)})")
     return values
 
@@ -494,6 +494,8 @@ def cmd_cost(args) -> int:
             value = getattr(args, option)
             if value is not None and not math.isfinite(value):
                 raise CostError(f"--{option.replace('_', '-')} must be a finite number, not {value}")
+        if args.concurrency is not None and args.concurrency < 1:
+            raise CostError("--concurrency must be at least 1")
         prices = hardware_prices()
         hardware = args.hardware or spec.hardware
         if args.price_per_second is not None:
