@@ -415,7 +415,8 @@ def write_plot(report: dict, path: Path) -> None:
         be = report["break_even"]
         if be["rpm"] is not None:
             ax.axvline(be["rpm"], color="gray", linestyle="--")
-            ax.annotate(f"break-even {be['rpm']:.1f}/min", (be["rpm"], ax.get_ylim()[1] * 0.5),
+            low, high = ax.get_ylim()
+            ax.annotate(f"break-even {be['rpm']:.1f}/min", (be["rpm"], math.sqrt(low * high)),
                         rotation=90, va="center", ha="right", color="gray")
     ax.axvline(report["traffic"]["mean_rpm"], color="green", linestyle=":", label="your average rate")
     ax.set_xscale("log")
