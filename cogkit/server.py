@@ -117,8 +117,7 @@ class CogServer:
             # cogkit.lifeline: the server dies with this process (the kernel sends SIGKILL when the
             # thread that starts it ends, so start servers from a thread that outlives them)
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cogkit.lifeline", str(os.getpid()),
-                 sys.executable, "-m", "cog.server.http", "--host", self.host],
+                [sys.executable, "-m", "cogkit.lifeline", str(os.getpid()), "cog.server.http", "--host", self.host],
                 cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         return self

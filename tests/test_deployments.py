@@ -2,11 +2,15 @@
 `cogkit call --deployment`: a real gateway process, real coglet servers, the tiny LLM."""
 
 import json
+from pathlib import Path
 
+import jsonschema
 import pytest
 from replicate.exceptions import ReplicateError
 
 from cogkit.cli import main
+from cogkit.gateway.core import allow_nulls
+from cogkit.gateway.deployments import LIMITS
 from tests.fixtures_gateway import GatewayProcess
 from tests.test_gateway import wait_until
 
@@ -33,6 +37,28 @@ def version(client):
     return client.models.get("local/llm").latest_version.id
 
 
+# Replicate's OpenAPI spec, the parts about deployments (vendored from the spec)
+SPEC = json.loads((Path(__file__).parent / "replicate_deployments_openapi.json").read_text())
+
+
+def all_properties(schema: dict) -> dict:
+    """The schema with every listed property required, recursively: the gateway sends them all."""
+    schema = dict(schema)
+    if "properties" in schema:
+        schema["required"] = list(schema["properties"])
+        schema["properties"] = {k: all_properties(v) for k, v in schema["properties"].items()}
+    return schema
+
+
+def check_deployment_shape(data: dict) -> None:
+    # created_by's avatar_url/github_url are optional: a local account has neither
+    schema = all_properties(SPEC["deployment_response"])
+    created_by = schema["properties"]["current_release"]["properties"]["created_by"]
+    created_by["required"] = SPEC["deployment_response"]["properties"]["current_release"]["properties"][
+        "created_by"]["required"]
+    jsonschema.validate(data, schema)
+
+
 def canceled(*predictions) -> None:
     try:
         wait_until(lambda: all(p.reload() or p.status == "canceled" for p in predictions), timeout=60,
@@ -45,7 +71,16 @@ def pool(gw, name: str) -> dict:
     return {d["deployment"]: d for d in gw.get("/v1/gateway/workers").json()["deployments"]}[f"local/{name}"]
 
 
-def test_client_creates_reads_updates_lists_and_deletes(client, version):
+def test_gateway_bounds_are_replicates():
+    for key, (low, high) in LIMITS.items():
+        spec = SPEC["deployments_create_request"]["properties"][key]
+        assert (spec["minimum"], spec["maximum"]) == (low, high)
+        assert SPEC["deployments_update_request"]["properties"][key]["maximum"] == high
+    assert set(SPEC["deployments_create_request"]["required"]) == {
+        "name", "model", "version", "hardware", "min_instances", "max_instances"}
+
+
+def test_client_creates_reads_updates_lists_and_deletes(gw, client, version):
     created = client.deployments.create(name="crud", model="local/llm", version=version, hardware="cpu",
                                         min_instances=0, max_instances=1)
     assert (created.owner, created.name) == ("local", "crud")
@@ -53,6 +88,12 @@ def test_client_creates_reads_updates_lists_and_deletes(client, version):
     assert (release.number, release.model, release.version) == (1, "local/llm", version)
     assert (release.configuration.hardware, release.configuration.min_instances,
             release.configuration.max_instances) == ("cpu", 0, 1)
+
+    check_deployment_shape(gw.get("/v1/deployments/local/crud").json())
+    listed = gw.get("/v1/deployments").json()
+    assert set(listed) == {"next", "previous", "results"}
+    for item in listed["results"]:
+        check_deployment_shape(item)
 
     got = client.deployments.get("local/crud")
     assert got.current_release.version == version and got.current_release.number == 1
@@ -103,10 +144,12 @@ def test_max_instances_two_runs_two_predictions_at_once(gw, client, version):
     instances = pool(gw, "pair")["instances"]
     assert sorted(p for i in instances for p in i["assigned"]) == sorted([first.id, second.id])
     assert len({i["pid"] for i in instances}) == 2  # two model servers, one prediction each
-    assert gw.get(f"/v1/predictions/{first.id}").json()["deployment"] == "local/pair"
     for prediction in (first, second):
         prediction.cancel()
     canceled(first, second)
+    record = gw.get(f"/v1/predictions/{first.id}").json()
+    assert record["deployment"] == "local/pair"
+    jsonschema.validate(record, allow_nulls(SPEC["prediction_response"]))
 
     # max_instances 1: the extra server stops and both predictions go to the one left; with the
     # model's concurrency 1 the second waits for the first
@@ -160,3 +203,15 @@ def test_cogkit_deploy_and_call_through_the_deployment(gw, client, version, tmp_
     monkeypatch.setenv("COGKIT_SHIP_ROOT", str(tmp_path / "nowhere"))
     assert main(["deploy", "llm", "--owner", "local"]) == 2
     assert "has not been pushed" in capsys.readouterr().err
+
+
+def test_deployments_come_back_after_a_restart(gw, client):
+    before = {d.name: d.current_release.dict() for d in client.deployments.list().results}
+    assert "pair" in before and "chat" in before
+    gw.stop()
+    gw.start()
+    after = {d.name: d.current_release.dict() for d in gw.client().deployments.list().results}
+    assert after == before
+    # `pair` keeps min_instances 1: its server boots again without a prediction
+    wait_until(lambda: sum(i["ready"] for i in pool(gw, "pair")["instances"]) == 1, timeout=120,
+               what="the pair deployment's server to come back")
