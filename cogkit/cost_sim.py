@@ -121,20 +121,25 @@ def simulate(fleet: Fleet, hourly_rps: list[float], seconds: float | None = None
         instances.remove(inst)
 
     def dispatch(t: float) -> None:
+        """Waiting requests to the least busy ready instance with a free slot (as the gateway's
+        deployment pools do), oldest first."""
         nonlocal head
-        for inst in instances:
-            while inst.ready and inst.busy < fleet.slots and head < len(queue):
-                arrived = queue[head]
-                head += 1
-                inst.busy += 1
-                wait = t - arrived
-                result.waits.append(wait)
-                if inst.first_batch:
-                    inst.first_batch -= 1
-                    result.cold_waits.append(wait)
-                service = rng.expovariate(1.0 / fleet.service_s)
-                result.busy_slot_seconds += min(service, max(0.0, seconds - t))
-                push(t + service, FINISH, inst)
+        while head < len(queue):
+            free = [i for i in instances if i.ready and i.busy < fleet.slots]
+            if not free:
+                return
+            inst = min(free, key=lambda i: i.busy)
+            arrived = queue[head]
+            head += 1
+            inst.busy += 1
+            wait = t - arrived
+            result.waits.append(wait)
+            if inst.first_batch:
+                inst.first_batch -= 1
+                result.cold_waits.append(wait)
+            service = rng.expovariate(1.0 / fleet.service_s)
+            result.busy_slot_seconds += min(service, max(0.0, seconds - t))
+            push(t + service, FINISH, inst)
 
     def scale_up(t: float) -> None:
         booting = sum(fleet.slots for i in instances if not i.ready)

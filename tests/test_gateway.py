@@ -343,3 +343,16 @@ def test_tokens_come_from_config_or_are_made(tmp_path, monkeypatch):
     config.write_text("tokens = 'oops'\n")
     with pytest.raises(ValueError, match="tokens"):
         load_tokens(config, [])
+
+
+def test_predictions_side_by_side_keep_their_own_metrics(gateway, gateway_client):
+    # different token budgets, all on the server at once (up to its concurrency): each prediction's
+    # counts must be its own, not a neighbour's
+    slots = min(gateway.workers()["llm"]["concurrency"], 4)
+    made = [gateway_client.predictions.create(model="local/llm", input={**LONG, "max_new_tokens": 20 + 7 * i})
+            for i in range(slots)]
+    for i, prediction in enumerate(made):
+        prediction.wait()
+        assert prediction.status == "succeeded"
+        assert prediction.metrics["output_token_count"] == 20 + 7 * i, (i, prediction.metrics)
+        assert prediction.metrics["seed"] == LONG["seed"]

@@ -75,4 +75,4 @@ def test_a_new_model_of_each_kind_passes_check_at_once(tmp_path, kind):
                         f"&& cogkit check my-{kind} && cogkit push my-{kind} r8.im/acme/my-{kind} --dry-run",
                timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "examples  ok" in done.stderr and f"cd {project} && cog push r8.im/acme/my-{kind}" in done.stdout
+    assert "examples  ok" in done.stderr and f"push r8.im/acme/my-{kind}" in done.stdout
