@@ -113,7 +113,7 @@ class CogServer:
         env["COG_PREDICT_TYPE_STUB"] = str(self.root / self.runner)
         env["COG_SETUP_TIMEOUT"] = str(int(self.setup_timeout))
         if "COG_MAX_CONCURRENCY" not in env:  # an explicit setting wins over the overlay
-            env["COG_MAX_CONCURRENCY"] = str(runner_concurrency(self.runner, self.root))
+            env["COG_MAX_CONCURRENCY"] = str(runner_concurrency(self.runner, self.root, env.get("COGKIT_MODEL")))
         env.setdefault("PYTHONUNBUFFERED", "1")
         with open(self.log_path, "wb") as log:
             self.started_at = time.monotonic()
