@@ -160,7 +160,7 @@ def read_profile(path: Path) -> list[float]:
         values = [float(v) for v in values]
     except (TypeError, ValueError):
         raise CostError(f"--profile {path}: expected 24 numbers (requests per minute in each hour)") from None
-    if len(values) != 24 or any(v < 0 or math.isnan(v) for v in values) or not any(values):
+    if len(values) != 24 or any(v < 0 or not math.isfinite(v) for v in values) or not any(values):
         raise CostError(f"--profile {path}: expected 24 non-negative numbers, not all 0 (got {len(values)})")
     return values
 
@@ -206,6 +206,8 @@ def usage_price(per_token: str | None, per_request: float | None, tokens_in: int
         return None
     try:
         price_in, price_out = (float(x) for x in per_token.split("/"))
+        if not (math.isfinite(price_in) and math.isfinite(price_out)):
+            raise ValueError
     except ValueError:
         raise CostError(f"--per-token-price {per_token!r}: expected IN/OUT dollars per million tokens, "
                         "e.g. 0.40/1.00") from None
@@ -487,6 +489,13 @@ def cmd_cost(args) -> int:
 
     spec = get_model(args.model)
     try:
+        for option in ("rpm", "peak", "seconds_per_request", "price_per_second", "boot_s", "throughput",
+                       "idle_timeout", "per_request_price"):
+            value = getattr(args, option)
+            if value is not None and not math.isfinite(value):
+                raise CostError(f"--{option.replace('_', '-')} must be a finite number, not {value}")
+        if args.concurrency is not None and args.concurrency < 1:
+            raise CostError("--concurrency must be at least 1")
         prices = hardware_prices()
         hardware = args.hardware or spec.hardware
         if args.price_per_second is not None:

@@ -164,3 +164,16 @@ def test_cost_command_errors_name_the_option(tmp_path, capsys):
     assert main(["cost", "llm", "--boot-s", "2", "--throughput", "10", "--tokens-out", "10", "--rpm", "5",
                  "--min", "3", "--max", "2", "--no-plot"]) == 2
     assert "--max >= --min" in capsys.readouterr().err
+    assert main(["cost", "llm", "--boot-s", "2", "--throughput", "10", "--tokens-out", "10", "--rpm", "nan",
+                 "--no-plot"]) == 2
+    assert "--rpm must be a finite number" in capsys.readouterr().err
+
+
+def test_cost_llm_on_the_projects_own_bench_json(tmp_path, capsys):
+    # bench/llm-boot.json is committed: `cogkit bench boot llm --runs 3 --skip-naive --json ...`
+    plot = tmp_path / "llm.png"
+    assert main(["cost", "llm", "--rpm", "2", "--tokens-in", "300", "--tokens-out", "100", "--hardware", "cpu",
+                 "--max", "3", "--per-token-price", "0.05/0.10", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "bench boot, c_snapshot ready median" in out and "$/1K requests" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -62,6 +62,11 @@ def test_gateway_refuses_malformed_and_non_finite_bodies(gateway):
     assert_refused(gateway, llm_body(seed=2.0**63), 422, "seed")
     assert_refused(gateway, llm_body(max_new_tokens=2.5), 422, "max_new_tokens")
     assert stored_ids(gateway) is not None  # the listing still answers
+    for metadata in ('{"a": NaN}', "[1]", "{"):
+        upload = requests.post(f"{gateway.url}/v1/files", files={"content": ("x.txt", b"x", "text/plain")},
+                               data={"metadata": metadata}, headers=AUTH, verify=gateway.verify, timeout=60)
+        assert upload.status_code == 422 and "metadata" in upload.json()["detail"], upload.text
+    assert gateway.get("/v1/files").status_code == 200
 
 
 def test_gateway_refuses_bodies_over_the_limit(gateway):

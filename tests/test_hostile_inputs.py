@@ -5,6 +5,7 @@ prediction still succeeds."""
 
 import base64
 import io
+import re
 import struct
 import threading
 import time
@@ -47,6 +48,7 @@ def refused(server, inputs: dict, field: str, *words: str) -> str:
         assert result["status"] == "failed", (inputs, result)
         text = result["error"]
     assert "\n" not in text.strip() and "Traceback" not in text and "Prediction failed" not in text, text
+    assert not re.match(r"\w+Error: ", text), text  # one line: `field: problem`, no class name
     assert field in text and all(w in text for w in words), (field, words, text)
     return text
 
@@ -234,3 +236,55 @@ def test_a_download_over_the_size_limit_is_refused_naming_the_limit(http_files, 
     small = cog_types.Path.validate(f"{base}/small.bin").convert()
     assert inputs.file_input("audio", small).read_bytes() == b"y" * 100
     small.unlink()
+
+
+# ------------------------------------------------------------------------------ crashes
+
+
+def test_a_killed_cogkit_serve_leaves_no_model_server(tiny_weights_root):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from cogkit.server import free_port
+    from cogkit.weights import project_root
+    from tests.fixtures_gateway import group_alive
+
+    port = free_port()
+    env = {**os.environ, "COGKIT_WEIGHTS_DIR": str(tiny_weights_root)}
+    cli = subprocess.Popen([sys.executable, "-m", "cogkit.cli", "serve", "llm", "--port", str(port)],
+                           cwd=project_root(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert cli.poll() is None and time.monotonic() < deadline, "cogkit serve did not get READY"
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health-check", timeout=2).json()["status"] == "READY":
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent_of(p) == cli.pid]
+        assert children, "no model server under cogkit serve"
+        cli.send_signal(signal.SIGKILL)
+        cli.wait()
+        deadline = time.monotonic() + 30
+        while any(map(group_alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(group_alive, children)), "the model server outlived cogkit serve"
+    finally:
+        cli.kill()
+        for group in children if "children" in locals() else []:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _parent_of(pid: str) -> int | None:
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[1])
