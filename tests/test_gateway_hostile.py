@@ -2,7 +2,6 @@
 naming the field before anything is stored, and the gateway keeps serving."""
 
 import json
-import signal
 import threading
 import time
 
@@ -190,19 +189,3 @@ def test_a_hanging_webhook_receiver_delays_only_its_own_deliveries(gateway, webh
         assert not hanging.sender_gave_up.is_set()
     finally:
         hanging.release.set()
-
-
-def test_model_servers_end_with_a_killed_gateway(tmp_path, gateway_weights_root):
-    from tests.test_gateway import LONG
-
-    gw = GatewayProcess(tmp_path / "data", gateway_weights_root, None).start()
-    try:
-        running = post(gw, "/v1/models/local/llm/predictions", json.dumps({"input": LONG}).encode()).json()
-        deadline = time.monotonic() + 120
-        while gw.get(f"/v1/predictions/{running['id']}").json()["status"] != "processing":
-            assert time.monotonic() < deadline, "the prediction never started"
-            time.sleep(0.1)
-        assert gw.workers()["llm"]["pid"]
-        assert gw.stop(signal.SIGKILL) == []  # the coglet server and its worker died with the gateway
-    finally:
-        gw.stop()

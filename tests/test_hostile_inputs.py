@@ -78,6 +78,16 @@ def http_files(tmp_path_factory):
             if self.path.startswith("/hang"):
                 time.sleep(15)
                 return
+            if self.path.startswith("/drip"):  # a byte every 0.2 s, for ever
+                self.send_response(200)
+                self.end_headers()
+                try:
+                    while True:
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except OSError:
+                    return
             super().do_GET()
 
         def log_message(self, *args):
@@ -219,7 +229,7 @@ def test_llm_refuses_hostile_input(llm_server):
 # ------------------------------------------------------------------------------ the download hooks
 
 
-def test_a_download_over_the_size_limit_is_refused_naming_the_limit(http_files, monkeypatch):
+def test_downloads_are_bounded_in_size_and_time(http_files, monkeypatch):
     """coglet's own URLPath (cog.types) with cogkit's hooks, against a real HTTP server."""
     from cog import types as cog_types
 
@@ -236,6 +246,10 @@ def test_a_download_over_the_size_limit_is_refused_naming_the_limit(http_files, 
     small = cog_types.Path.validate(f"{base}/small.bin").convert()
     assert inputs.file_input("audio", small).read_bytes() == b"y" * 100
     small.unlink()
+    monkeypatch.setattr(inputs, "DOWNLOAD_DEADLINE", 1.0)
+    dripping = cog_types.Path.validate(f"{base}/drip.bin").convert()
+    with pytest.raises(inputs.InputError, match=r"audio: could not download .*not complete after 1 s"):
+        inputs.file_input("audio", dripping)
 
 
 # ------------------------------------------------------------------------------ crashes
