@@ -11,7 +11,7 @@ import time
 import traceback
 from pathlib import Path
 
-from cog import BaseRunner, ConcatenateIterator, Input
+from cog import BaseRunner, ConcatenateIterator, Input, current_scope
 
 from cogkit.inputs import checked_inputs, install_download_hooks
 
@@ -180,9 +180,12 @@ class LLMRunner(BaseRunner):
         history = parse_messages(messages, system_prompt)
         # Before the stream starts: a prompt that cannot fit fails at once, without tokenising it all.
         prompt_ids = self.llm.encode_prompt(self.llm.format_prompt(prompt, system_prompt, history))
-        return self._stream(prompt_ids, sampling, stops)
+        # This prediction's scope, taken here where coglet has set it: at concurrency > 1 coglet
+        # iterates the returned stream on a thread of its own, where `self.record_metric` would
+        # reach another prediction's scope (or none) and its metrics would be lost or misplaced.
+        return self._stream(prompt_ids, sampling, stops, current_scope())
 
-    def _stream(self, prompt_ids, sampling, stops):
+    def _stream(self, prompt_ids, sampling, stops, scope):
         from models.text_generation import GenerationStats
 
         stats = GenerationStats()
@@ -191,12 +194,12 @@ class LLMRunner(BaseRunner):
             # prediction (an exception raised in this generator), closing it drops the request.
             yield from self.llm.generate(prompt_ids, sampling, stops, stats)
         finally:
-            self.record_metric("input_token_count", stats.input_tokens)
-            self.record_metric("output_token_count", stats.output_tokens)
-            self.record_metric("time_to_first_token", round(stats.time_to_first_token, 4))
-            self.record_metric("tokens_per_second", round(stats.tokens_per_second, 2))
-            self.record_metric("seed", sampling.seed)
-            self.record_metric("stop_reason", stats.stop_reason)
+            scope.record_metric("input_token_count", stats.input_tokens)
+            scope.record_metric("output_token_count", stats.output_tokens)
+            scope.record_metric("time_to_first_token", round(stats.time_to_first_token, 4))
+            scope.record_metric("tokens_per_second", round(stats.tokens_per_second, 2))
+            scope.record_metric("seed", sampling.seed)
+            scope.record_metric("stop_reason", stats.stop_reason)
 
 
 def concurrent_run(run):
