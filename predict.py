@@ -11,7 +11,7 @@ import time
 import traceback
 from pathlib import Path
 
-from cog import BaseRunner, ConcatenateIterator, Input
+from cog import BaseRunner, ConcatenateIterator, Input, current_scope
 
 from cogkit.inputs import checked_inputs, install_download_hooks
 
@@ -180,10 +180,9 @@ class LLMRunner(BaseRunner):
         history = parse_messages(messages, system_prompt)
         # Before the stream starts: a prompt that cannot fit fails at once, without tokenising it all.
         prompt_ids = self.llm.encode_prompt(self.llm.format_prompt(prompt, system_prompt, history))
-        # This prediction's metric scope, taken here: the stream may be iterated on a thread whose
-        # current scope is another prediction's (concurrency > 1).
-        from cog import current_scope
-
+        # This prediction's scope, taken here where coglet has set it: at concurrency > 1 coglet
+        # iterates the returned stream on a thread of its own, where `self.record_metric` would
+        # reach another prediction's scope (or none) and its metrics would be lost or misplaced.
         return self._stream(prompt_ids, sampling, stops, current_scope())
 
     def _stream(self, prompt_ids, sampling, stops, scope):
@@ -453,39 +452,42 @@ class WhisperRunner(BaseRunner):
                   f"running {compute_type} on {dev}", flush=True)
         self.transcriber = Transcriber(folder, dev, compute_type)
         timer.done("load")
-        warm = self.warmup()
-        timer.done("warmup")
-        self.snapshot(folder, dev, warm, timer)
+        snap = self.snapshot(folder, dev)
+        if snap is not None and (restored := snap.restore()) is not None:
+            # CTranslate2 has nothing to warm (its first call costs what later ones do), so the warm-up
+            # only checks the model; the snapshot records that this key already passed that check.
+            from cogkit.snapshot import recorded_warmup
+
+            print(f"setup: snapshot vouches for this model here (warm-up heard "
+                  f"{recorded_warmup(restored, 'text')!r}); skipping the warm-up", flush=True)
+        else:
+            warm = self.warmup()
+            timer.done("warmup")
+            if snap is not None:
+                from cogkit.snapshot import write_warmup
+
+                snap.save(lambda into: write_warmup(into, text=warm, phases=timer.phases))
+                timer.done("snapshot")
         self.setup_phases = timer.phases
 
     def weights(self) -> Path:
         return weights_folder("whisper")
 
     def warmup(self) -> str:
-        """Transcribe the bundled clip once: the first generate() pays one-off costs (allocator, kernels)."""
+        """Transcribe the bundled clip once: proof that the weights load and decode on this machine."""
         from models.audio_bench import FOX_CLIP
         from models.audio_io import read_audio
 
         return self.transcriber.transcribe(read_audio(FOX_CLIP).samples).text
 
-    def snapshot(self, folder: Path, dev: str, warm: str, timer: SetupTimer) -> None:
-        # The snapshot records the warm-up transcript: a later boot that hears something else knows the
-        # weights or the code changed under the same key, and replaces it. It never changes an output.
+    def snapshot(self, folder: Path, dev: str):
+        """The snapshot for these weights, engine versions, compute type and CPU; None when off."""
         if os.environ.get("COGKIT_SNAPSHOT", "1") != "1":
-            return
-        from cogkit.snapshot import Snapshot, recorded_warmup, write_warmup
-
+            return None
+        from cogkit.snapshot import Snapshot
         from models.whisper import snapshot_extra
 
-        snap = Snapshot(folder, dev, snapshot_extra(dev))
-        restored = snap.restore()
-        if restored is not None:
-            if recorded_warmup(restored, "text") == warm:
-                return
-            print("snapshot: warm-up transcript differs from the snapshot's; discarding it", flush=True)
-            snap.discard()
-        snap.save(lambda into: write_warmup(into, text=warm, phases=timer.phases))
-        timer.done("snapshot")
+        return Snapshot(folder, dev, snapshot_extra(dev))
 
     @checked_inputs
     def run(
@@ -553,19 +555,26 @@ class TTSRunner(BaseRunner):
         import piper  # noqa: F401 - onnxruntime and espeak, timed as imports
 
         from cogkit.weights import read_manifest
-        from models.tts import load_synthesizer
+        from models.tts import check_text, load_synthesizer, piper_device
 
         timer.done("imports")
         folder = self.weights()
         if (folder / "manifest.json").is_file():
             manifest = read_manifest(folder)
             print(f"setup: weights {folder} ({manifest.get('engine')}, from {manifest['source']})", flush=True)
-        self.synth = load_synthesizer(folder)
-        timer.done("load")
-        from models.tts import check_text
+        after_warmup = None
+        if (folder / "voice.onnx").is_file():
+            from models.audio_snapshot import load_piper
 
-        self.synth.synthesize(check_text("Hello."), 1.0, None, 0.0)  # first run allocates onnxruntime's arenas
+            self.synth, after_warmup = load_piper(folder, piper_device(),
+                                                  os.environ.get("COGKIT_SNAPSHOT", "1") == "1")
+        else:
+            self.synth = load_synthesizer(folder)
+        timer.done("load")
+        warm = self.synth.synthesize(check_text("Hello."), 1.0, None, 0.0)  # allocates onnxruntime's arenas
         timer.done("warmup")
+        if after_warmup is not None:
+            self.synth = after_warmup(warm.samples) or self.synth
         self.setup_phases = timer.phases
 
     def weights(self) -> Path:

@@ -5,7 +5,8 @@ Variants, measured side by side (interleaved, each boot a fresh process, same pa
                 source checkpoint at every boot, compile on GPU, warm-up);
   (b) built:    cogkit's predictor on the built weights, snapshot off;
   (c) snapshot: cogkit's predictor on the built weights, restoring the boot-time snapshot;
-  floor:        a fresh Python that imports torch and cog and reads the weights files once.
+  floor:        a fresh Python that imports the model's engine (`floor_imports`: torch, faster_whisper, piper)
+                and cog, and reads the weights files once.
 Each variant then serves the model's `bench_input`; the outputs must agree.
 """
 
@@ -74,9 +75,10 @@ def boot_once(runner: str, env: dict, bench_input: dict, timeout: float = 1800) 
             else output}
 
 
-def floor_once(weights: Path) -> float:
-    """A fresh Python that imports torch and cog and reads every weights file once."""
-    code = ("import sys, pathlib, torch, cog\n"
+def floor_once(weights: Path, imports: str = "torch") -> float:
+    """A fresh Python that imports the predictor's engine (torch unless the model says otherwise) and
+    cog, and reads every weights file once."""
+    code = (f"import sys, pathlib, {imports}, cog\n"
             "for p in sorted(pathlib.Path(sys.argv[1]).iterdir()):\n"
             "    p.is_file() and p.read_bytes()\n")
     start = time.monotonic()
@@ -137,14 +139,14 @@ def bench_boot(model: str, runs: int = 3, compile: bool = False, skip_naive: boo
                 log(f"run {run + 1}/{runs}: {name}…")
                 results[name].append(boot_once(runner, env, spec.bench_input))
                 log(f"  ready in {results[name][-1]['ready_s']:.2f}s")
-            floors.append(floor_once(folder))
+            floors.append(floor_once(folder, spec.floor_imports))
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 
     report = {"model": model, "device": device, "runs": runs, "compile": compile,
               "weights": {"source": manifest.get("source"), "dtype": manifest.get("dtype")},
-              "floor_s": summarize(floors), "variants": {}}
+              "floor_s": summarize(floors), "floor_imports": spec.floor_imports, "variants": {}}
     for name, boots in results.items():
         report["variants"][name] = {
             "ready_s": summarize([b["ready_s"] for b in boots]),
@@ -200,7 +202,7 @@ def print_report(report: dict, console) -> None:
         table.add_row(name, f"{data['ready_s']['min']:.2f}s", f"{data['ready_s']['median']:.2f}s",
                       f"{data['first_output_s']['median']:.3f}s", phases)
     table.add_row("floor", f"{report['floor_s']['min']:.2f}s", f"{report['floor_s']['median']:.2f}s", "", 
-                  "import torch + cog, read weights once")
+                  f"import {report['floor_imports']} + cog, read weights once")
     console.print(table)
     console.print("ratios: " + ", ".join(f"{k} = {v:.1f}x" for k, v in report["ratios"].items()))
     console.print(f"same output across variants: {report['same_output']}")

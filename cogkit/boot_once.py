@@ -17,6 +17,23 @@ def boot(ref: str) -> None:
     getattr(module, cls)().setup()
 
 
+def device_here() -> str:
+    """The device the predictor ran on, from whichever engine its image has (a Whisper or TTS image
+    has no torch)."""
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        pass
+    try:
+        import ctranslate2
+
+        return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    except ImportError:
+        return "cpu"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or ":" not in argv[0]:
         print("usage: python -m cogkit.boot_once FILE.py:Class", file=sys.stderr)
@@ -26,7 +43,7 @@ def main(argv: list[str]) -> int:
     from models import MODELS
 
     model = os.environ.get("COGKIT_MODEL") or next((m.name for m in MODELS.values() if m.runner == argv[0]), None)
-    problems = verify_snapshot(model) if model else [f"no model runs {argv[0]}"]
+    problems = verify_snapshot(model, device=device_here()) if model else [f"no model runs {argv[0]}"]
     for problem in problems:
         print(f"boot_once: snapshot not recorded: {problem}", file=sys.stderr)
     if not problems:

@@ -336,7 +336,7 @@ def cmd_build(args) -> int:
         raise
     size = image_size(result.tag, args.engine)
     out.print(f"built {result.tag} ({result.image_id[:19]}, {size / 1e6:.0f} MB, "
-              f"{'GPU' if result.gpu else 'CPU'} torch where used) in {result.seconds:.1f}s from {result.base}")
+              f"{'GPU: CUDA' if result.gpu else 'CPU'} build) in {result.seconds:.1f}s from {result.base}")
     return 0
 
 

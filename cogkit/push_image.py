@@ -28,7 +28,8 @@ def registry_is_local(image: str) -> bool:
 
 def push_command(tool: str, engine: str, image: str) -> list[str]:
     if tool == "skopeo":
-        source = f"docker-daemon:{image}" if engine == "docker" else f"containers-storage:{image}"
+        # skopeo's docker-daemon transport wants an explicit tag; the build tagged it :latest.
+        source = f"docker-daemon:{image}:latest" if engine == "docker" else f"containers-storage:{image}:latest"
         tls = ["--dest-tls-verify=false"] if registry_is_local(image) else []
         return ["skopeo", "copy", *tls, source, f"docker://{image}"]
     tls = ["--tls-verify=false"] if tool == "podman" and registry_is_local(image) else []
@@ -59,6 +60,6 @@ def build_and_push(p: PushPlan, base: str | None, engine_name: str | None, log, 
     from cogkit.image_build import build
 
     result = build(p.model, tag=p.image, base=base, engine_name=engine_name, root=root,
-                   log=lambda line: log(line) if line.startswith(("build:", "Step ")) else None)
+                   log=lambda line: log(line) if line.startswith("build:") else None)
     log(f"built {result.tag} in {result.seconds:.1f}s; $ {' '.join(p.push)}")
     return subprocess.run(p.push).returncode

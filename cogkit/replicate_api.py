@@ -13,7 +13,9 @@ def add_commands(sub, model_help: str) -> None:
                        description="Runs OWNER/NAME[:VERSION] with the official replicate client. The token "
                                    "comes from REPLICATE_API_TOKEN and the API from REPLICATE_BASE_URL "
                                    "(default https://api.replicate.com).")
-    p.add_argument("ref", metavar="OWNER/NAME[:VERSION]")
+    p.add_argument("ref", metavar="OWNER/NAME[:VERSION]", nargs="?")
+    p.add_argument("--deployment", metavar="OWNER/NAME",
+                   help="run through this deployment (POST /v1/deployments/OWNER/NAME/predictions)")
     p.add_argument("-i", "--input", action="append", default=[], metavar="KEY=VALUE",
                    help="an input; KEY=@path uploads a file")
     p.add_argument("-o", "--output", help="where to write file outputs (default: output.<ext>)")
@@ -97,9 +99,16 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
-# Replicate's published per-second prices (2026), for the cost line; others are "unknown".
-HARDWARE_PRICES = {"cpu": 0.000100, "gpu-t4": 0.000225, "gpu-l40s": 0.000975,
-                   "gpu-a100-large": 0.001400, "gpu-h100": 0.001525}
+def _published_prices() -> dict:
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(__file__).with_name("data") / "replicate_hardware_prices.json").read_text())["per_second"]
+
+
+# Replicate's published per-second prices (the dated file cogkit/data/replicate_hardware_prices.json),
+# for the cost line; others are "unknown".
+HARDWARE_PRICES = _published_prices()
 TERMINAL = ("succeeded", "failed", "canceled", "aborted")
 
 
@@ -250,7 +259,11 @@ class PredictionApi:
     def version(self, owner: str, name: str, version: str) -> dict:
         return self.request("GET", f"/v1/models/{owner}/{name}/versions/{version}")
 
-    def create(self, owner, name, version, body: dict, wait: int | None, cancel_after: str | None) -> dict:
+    def deployment(self, owner: str, name: str) -> dict:
+        return self.request("GET", f"/v1/deployments/{owner}/{name}")
+
+    def create(self, owner, name, version, body: dict, wait: int | None, cancel_after: str | None,
+               deployment: str | None = None) -> dict:
         import httpx
 
         headers = {}
@@ -259,6 +272,9 @@ class PredictionApi:
         if cancel_after:
             headers["Cancel-After"] = cancel_after
         timeout = httpx.Timeout(30.0, read=(wait or 0) + 30.0)
+        if deployment:
+            return self.request("POST", f"/v1/deployments/{deployment}/predictions", json=body,
+                                headers=headers, timeout=timeout)
         if version:
             return self.request("POST", "/v1/predictions", json={"version": version, **body},
                                 headers=headers, timeout=timeout)
@@ -306,7 +322,14 @@ def cmd_call(args: argparse.Namespace) -> int:
 
     from cogkit.cli import UsageError, err
 
-    owner, name, version = parse_ref(args.ref)
+    if bool(args.ref) == bool(args.deployment):
+        raise UsageError("give OWNER/NAME[:VERSION] or --deployment OWNER/NAME (one of them)")
+    if args.deployment:
+        owner, name, version = parse_ref(args.deployment)
+        if version:
+            raise UsageError("--deployment OWNER/NAME: a deployment runs its own version; leave out :VERSION")
+    else:
+        owner, name, version = parse_ref(args.ref)
     token = os.environ.get("REPLICATE_API_TOKEN")
     if not token:
         raise UsageError("set REPLICATE_API_TOKEN to your API token (for a cogkit gateway: a token from its config)")
@@ -317,8 +340,14 @@ def cmd_call(args: argparse.Namespace) -> int:
     client = replicate.Client(api_token=token, base_url=base_url)
     api = PredictionApi(client)
     where = base_url or "https://api.replicate.com"
-    prediction = None
+    prediction = deployment = None
     try:
+        if args.deployment:
+            # the deployment says which model and version it runs; the version gives the input schema
+            deployment = api.deployment(owner, name)
+            release = deployment.get("current_release") or {}
+            owner, name = release["model"].split("/", 1)
+            version = release["version"]
         model = api.model(owner, name)
         info = api.version(owner, name, version) if version else (model.get("latest_version") or {})
         schema = info.get("openapi_schema")
@@ -328,7 +357,8 @@ def cmd_call(args: argparse.Namespace) -> int:
             body["webhook"] = args.webhook
             if events:
                 body["webhook_events_filter"] = events
-        prediction = api.create(owner, name, version, body, args.wait, args.cancel_after)
+        prediction = api.create(owner, name, version, body, args.wait, args.cancel_after,
+                                deployment=args.deployment)
         err.print(f"[dim]prediction {prediction['id']} ({prediction['status']}) on {where}[/dim]")
         streamed = False
         if args.stream and prediction["status"] not in TERMINAL and prediction.get("urls", {}).get("stream"):
@@ -352,7 +382,8 @@ def cmd_call(args: argparse.Namespace) -> int:
         return 1
     if streamed:
         sys.stdout.write("\n")
-    hardware = args.hardware or model.get("hardware")
+    hardware = args.hardware or (deployment or {}).get("current_release", {}).get("configuration", {}).get(
+        "hardware") or model.get("hardware")
     if prediction["status"] != "succeeded":
         err.print(Text.assemble((f"prediction {prediction['status']}: ", "bold red"),
                                 str(prediction.get("error") or "")))

@@ -21,6 +21,8 @@ class ModelSpec:
     bench_input: dict = field(default_factory=dict)
     # For `cogkit select`/`push`: Replicate hardware and what the image needs.
     hardware: str = "cpu"
+    # The boot bench's floor: a fresh Python that imports this (the predictor's engine) and cog.
+    floor_imports: str = "torch"
 
     def builder_module(self):
         return importlib.import_module(self.builder)
@@ -65,6 +67,7 @@ MODELS["whisper"] = ModelSpec(
     naive_runner="models/naive_audio.py:NaiveWhisperRunner",
     bench_input={"audio": fox_clip_uri(), "timestamps": "segment"},
     hardware="gpu-t4",
+    floor_imports="faster_whisper",  # CTranslate2 and tokenizers: no torch
 )
 MODELS["tts"] = ModelSpec(
     name="tts",
@@ -76,6 +79,7 @@ MODELS["tts"] = ModelSpec(
     naive_runner="models/naive_audio.py:NaiveTTSRunner",
     bench_input={"text": FOX_TEXT, "variation": 0.0, "output_format": "wav"},
     hardware="cpu",
+    floor_imports="piper",  # onnxruntime and espeak-ng: no torch
 )
 ALIASES = {"asr": "whisper"}
 

@@ -54,6 +54,10 @@ class NaiveTTSRunner(TTSRunner):
 
         timer.done("imports")
         source = source_path()
-        self.synth = (PiperSynthesizer(source, "cpu") if source.suffix == ".onnx"
-                      else VitsSynthesizer(source, "cpu"))
+        if source.suffix == ".onnx":
+            from piper import PiperVoice
+
+            self.synth = PiperSynthesizer(source, "cpu", PiperVoice.load(source).session)  # onnxruntime's defaults
+        else:
+            self.synth = VitsSynthesizer(source, "cpu")
         timer.done("load")

@@ -158,15 +158,26 @@ class Speech:
         return len(self.samples) / self.sample_rate
 
 
-def load_synthesizer(folder: Path, device: str | None = None):
+def piper_device() -> str:
+    import onnxruntime
+
+    return "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+
+
+def snapshot_extra(device: str) -> dict:
+    """The TTS snapshot's key: onnxruntime's optimised graph depends on its version and the CPU."""
+    from importlib.metadata import version
+
+    from models.audio_snapshot import cpu_fingerprint
+
+    return {"onnxruntime": version("onnxruntime"), "piper": version("piper-tts"), "cpu": cpu_fingerprint()}
+
+
+def load_synthesizer(folder: Path, device: str | None = None, session=None):
     """The engine the built folder holds, on the GPU when its runtime (onnxruntime or torch) has one."""
     folder = Path(folder)
     if (folder / "voice.onnx").is_file():
-        if device is None:
-            import onnxruntime
-
-            device = "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
-        return PiperSynthesizer(folder / "voice.onnx", device)
+        return PiperSynthesizer(folder / "voice.onnx", device or piper_device(), session)
     if device is None:
         import torch
 
@@ -184,13 +195,36 @@ def join_sentences(chunks: list[np.ndarray], sample_rate: int) -> np.ndarray:
     return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
 
 
+def onnx_session(model: Path, device: str, optimized: bool = False, save_optimized: Path | None = None):
+    """An onnxruntime session for a Piper voice. Two boot costs are avoidable:
+    - the memory-reuse planner: on Piper's ~2500-node graph it took most of session creation (0.5 s
+      instead of 4.7-7.5 s without it, same audio, measured on this project's CPU); off;
+    - graph optimisation: `optimized` loads a graph onnxruntime already optimised on this machine
+      (recorded by `save_optimized` on an earlier boot, kept in the snapshot) with optimisation off."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.enable_mem_reuse = False
+    if optimized:
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if save_optimized is not None:
+        options.optimized_model_filepath = str(save_optimized)
+    providers = ([("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})] if device == "cuda"
+                 else ["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(model), sess_options=options, providers=providers)
+
+
 class PiperSynthesizer:
     engine = "piper"
 
-    def __init__(self, onnx: Path, device: str):
+    def __init__(self, onnx: Path, device: str, session=None):
+        """`session`: an onnxruntime session of this voice made elsewhere (the snapshot's optimised graph);
+        by default, a session on `onnx` made by onnx_session()."""
         from piper import PiperVoice
+        from piper.config import PiperConfig
 
-        self.voice = PiperVoice.load(onnx, use_cuda=device == "cuda")
+        config = PiperConfig.from_dict(json.loads(Path(f"{onnx}.json").read_text(encoding="utf-8")))
+        self.voice = PiperVoice(session=session or onnx_session(onnx, device), config=config)
         self.sample_rate = self.voice.config.sample_rate
         self.speakers = self.voice.config.speaker_id_map or {}
         self.num_speakers = self.voice.config.num_speakers

@@ -53,6 +53,9 @@ class Transcriber:
     def __init__(self, folder: Path, device: str, compute_type: str, threads: int | None = None):
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
+        if not (Path(folder) / "model.bin").is_file():
+            raise FileNotFoundError(f"{folder} holds no CTranslate2 model.bin (weights built by an older cogkit "
+                                    "hold a transformers checkpoint); run `cogkit build-weights whisper`")
         if threads is None:  # 0 lets CTranslate2 follow OMP_NUM_THREADS (4 when unset)
             threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
         self.model = WhisperModel(str(folder), device=device, compute_type=compute_type, cpu_threads=threads)

@@ -19,7 +19,9 @@ FOX = "The quick brown fox jumps over the lazy dog."
 
 def built_default(model: str):
     folder = ROOT / "weights" / model
-    if not (folder / "manifest.json").is_file():
+    stale = model == "whisper" and (folder / "manifest.json").is_file() and \
+        read_manifest(folder).get("engine") != "ctranslate2"  # a transformers build from before CTranslate2
+    if stale or not (folder / "manifest.json").is_file():
         build_weights(model, dest=folder, log=lambda *a: None)
     read_manifest(folder)
     return folder

@@ -20,13 +20,34 @@ OFFLINE_BASE = "cogkit/base:bookworm"
 
 
 @pytest.fixture(scope="session")
-def engine():
+def engine(tmp_path_factory):
+    """A running engine: the one that answers, else a dockerd this session starts (as root) and stops."""
     from cogkit.engine import EngineError, find_engine
 
     try:
-        return find_engine()
+        yield find_engine()
+        return
     except EngineError as e:
-        pytest.skip(f"container tests need a running engine: {e}")
+        reason = str(e)
+    if shutil.which("dockerd") is None or os.geteuid() != 0:
+        pytest.skip(f"container tests need a running engine, and none can be started here: {reason}")
+    log = open(tmp_path_factory.mktemp("dockerd") / "dockerd.log", "wb")
+    proc = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                found = find_engine("docker")
+                break
+            except EngineError:
+                time.sleep(1)
+        else:
+            pytest.skip(f"container tests need a running engine; dockerd did not start (log: {log.name})")
+        yield found
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
 
 
 def image_exists(engine, name: str) -> bool:

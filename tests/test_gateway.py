@@ -262,7 +262,8 @@ def test_restart_keeps_history_and_fails_interrupted(tmp_path, gateway_weights_r
         with pytest.raises(ReplicateError) as refused:  # --max-queue 1: one waits, the next is refused
             client.predictions.create(model="local/llm", input=short())
         assert refused.value.status == 429 and "queued" in refused.value.detail
-        gw.stop(signal.SIGKILL)  # a crash: no chance to record anything
+        # a crash: no chance to record anything; the model server and its worker die with it
+        assert gw.stop(signal.SIGKILL) == []
         gw.start()
         client = gw.client()
         for before in done:
@@ -288,6 +289,9 @@ def test_cancel_a_queued_prediction(gateway, gateway_client):
     queued = gateway_client.predictions.create(model="local/llm", input=short())
     for prediction in running:
         wait_processing_with_output(gateway_client, prediction)
+    # all of them on the server at once, the extra one waiting in the gateway's queue
+    worker = gateway.workers()["llm"]
+    assert set(worker["predictions"]) == {p.id for p in running} and worker["queued"] == 1
     queued.cancel()
     assert queued.status == "canceled" and queued.started_at is None and not queued.output
     for prediction in running:
@@ -340,3 +344,16 @@ def test_tokens_come_from_config_or_are_made(tmp_path, monkeypatch):
     config.write_text("tokens = 'oops'\n")
     with pytest.raises(ValueError, match="tokens"):
         load_tokens(config, [])
+
+
+def test_predictions_side_by_side_keep_their_own_metrics(gateway, gateway_client):
+    # different token budgets, all on the server at once (up to its concurrency): each prediction's
+    # counts must be its own, not a neighbour's
+    slots = min(gateway.workers()["llm"]["concurrency"], 4)
+    made = [gateway_client.predictions.create(model="local/llm", input={**LONG, "max_new_tokens": 20 + 7 * i})
+            for i in range(slots)]
+    for i, prediction in enumerate(made):
+        prediction.wait()
+        assert prediction.status == "succeeded"
+        assert prediction.metrics["output_token_count"] == 20 + 7 * i, (i, prediction.metrics)
+        assert prediction.metrics["seed"] == LONG["seed"]

@@ -122,3 +122,27 @@ def test_boot_imports_neither_torch_nor_transformers(real_whisper_weights):
     text, imported = done.stdout.strip().splitlines()[-2:]
     assert "quick brown fox" in text.lower()
     assert imported == "[]"
+
+
+def test_a_second_boot_skips_the_warm_up_on_the_snapshot(hf_built):
+    """The first boot (above, or here) checks the model with a warm-up transcription and records the
+    snapshot; the next boot with the same key restores it and skips the warm-up."""
+    from cogkit.snapshot import Snapshot
+    from models.whisper import snapshot_extra
+
+    with serving("predict.py:WhisperRunner", hf_built, setup_timeout=180):
+        pass
+    snap = Snapshot(hf_built / "whisper", "cpu", snapshot_extra("cpu"), log=lambda m: None)
+    assert snap.problems() == []
+    with serving("predict.py:WhisperRunner", hf_built, setup_timeout=180) as server:
+        lines = server.setup_log_lines()
+    assert any("skipping the warm-up" in line for line in lines), lines
+    assert not any(line.startswith("setup: warmup took") for line in lines), lines
+
+
+def test_the_whisper_image_installs_no_torch():
+    from tests.test_requirements import pins
+
+    wanted = pins(ROOT / "requirements" / "whisper.txt")
+    assert {"ctranslate2", "faster-whisper"} <= set(wanted)
+    assert not {"torch", "transformers", "diffusers"} & set(wanted)

@@ -16,7 +16,8 @@ from starlette.routing import Route
 
 from cogkit.gateway import openai_chat
 from cogkit.gateway.core import Gateway, GatewayError, parse_prefer_wait
-from cogkit.gateway.validation import MAX_BODY, BodyLimit, read_json_object, too_deep
+from cogkit.gateway.deployments import deployment_routes
+from cogkit.gateway.validation import MAX_BODY, BodyLimit, check_values, read_json_object, too_deep
 
 log = logging.getLogger("cogkit.gateway")
 
@@ -38,9 +39,9 @@ def create_app(gateway: Gateway, tokens: list[str], max_body: int = MAX_BODY) ->
         return scheme.lower() in ("bearer", "token") and any(
             hmac.compare_digest(token.strip(), t) for t in tokens)
 
-    async def create_for(entry, request: Request, body: dict) -> Response:
+    async def create_for(entry, request: Request, body: dict, worker=None, extra=None) -> Response:
         wait = parse_prefer_wait(request.headers.get("prefer"))
-        record = gateway.create(entry, body, request.headers.get("cancel-after"))
+        record = gateway.create(entry, body, request.headers.get("cancel-after"), worker, extra)
         headers = {"Location": record["urls"]["get"]}
         if wait:
             record = await gateway.wait(record["id"], wait)
@@ -129,7 +130,10 @@ def create_app(gateway: Gateway, tokens: list[str], max_body: int = MAX_BODY) ->
             try:
                 metadata = json.loads(form["metadata"])
             except ValueError:
-                raise GatewayError(422, "Invalid metadata", "metadata: must be a JSON object") from None
+                metadata = None
+            if not isinstance(metadata, dict):
+                raise GatewayError(422, "Invalid metadata", "metadata: must be a JSON object")
+            check_values({"metadata": metadata})
         record = gateway.files.add(data, upload.filename or "file", upload.content_type, metadata)
         return JSONResponse(gateway.files.describe(record), status_code=201)
 
@@ -168,6 +172,7 @@ def create_app(gateway: Gateway, tokens: list[str], max_body: int = MAX_BODY) ->
     async def workers(request: Request) -> Response:
         # not part of Replicate's API: the model processes behind the gateway, for operators and tests
         return JSONResponse({"results": [w.info() for w in gateway.workers.values()],
+                             "deployments": [p.info() for p in gateway.pools.values()],
                              "webhooks": {"delivered": gateway.webhooks.delivered,
                                           "failed": gateway.webhooks.failed}})
 
@@ -190,6 +195,7 @@ def create_app(gateway: Gateway, tokens: list[str], max_body: int = MAX_BODY) ->
         Route("/v1/webhooks/default/secret", webhook_secret, methods=["GET"]),
         Route("/v1/gateway/workers", workers, methods=["GET"]),
         *openai_chat.routes(gateway),  # POST /v1/chat/completions
+        *deployment_routes(gateway, create_for, json_body),  # /v1/deployments...
     ]
 
     async def gateway_error(request: Request, exc: GatewayError) -> Response:

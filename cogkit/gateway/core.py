@@ -134,6 +134,7 @@ class Live:
     file_urls: dict = field(default_factory=dict)  # data: URI -> stored file URL
     last_progress_webhook: float = 0.0
     output_events: int = 0
+    worker: object = None  # what runs it: the model's worker, or a deployment's pool
 
 
 class Gateway:
@@ -158,6 +159,8 @@ class Gateway:
         self.workers = {name: ModelWorker(name, m.runner, self, env=worker_env, setup_timeout=setup_timeout,
                                           concurrency=m.concurrency)
                         for name, m in models.items()}
+        self.setup_timeout, self.worker_env = setup_timeout, worker_env
+        self.pools: dict = {}  # deployment pools by owner/name (cogkit.gateway.deployments)
         self.interrupted = self._fail_interrupted("the gateway restarted before this prediction finished")
 
     def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -170,7 +173,7 @@ class Gateway:
         for pid in unfinished:
             self._finish(pid, {"status": "failed", "error": "interrupted: the gateway shut down before this "
                                                            "prediction finished"})
-        for worker in self.workers.values():
+        for worker in [*self.workers.values(), *self.pools.values()]:
             worker.stop()
         self.webhooks.close()
         self.store.close()
@@ -218,7 +221,11 @@ class Gateway:
 
     # ------------------------------------------------------------ predictions: create, read, cancel
 
-    def create(self, entry: ModelEntry, body: dict, cancel_after: str | None) -> dict:
+    def create(self, entry: ModelEntry, body: dict, cancel_after: str | None, worker=None,
+               extra: dict | None = None) -> dict:
+        """A new prediction, queued on `worker` (default: the model's own); `extra` fields (e.g.
+        `deployment`) go into its record."""
+        worker = worker or self.workers[entry.name]
         inputs = body.get("input")
         if not isinstance(inputs, dict):
             raise GatewayError(422, "Invalid input", "input: required, and must be an object")
@@ -233,7 +240,7 @@ class Gateway:
             raise GatewayError(422, "Invalid webhook_events_filter",
                                f"webhook_events_filter: {bad[0]!r} is not one of {', '.join(WEBHOOK_EVENTS)}")
         deadline = parse_duration(cancel_after) if cancel_after else None
-        waiting = self.workers[entry.name].jobs.qsize()
+        waiting = worker.jobs.qsize()
         if waiting >= self.max_queue:
             raise GatewayError(429, "Too Many Requests",
                                f"{waiting} predictions are already queued for {entry.full_name}; retry later")
@@ -245,17 +252,17 @@ class Gateway:
             "source": "api", "created_at": now_iso(), "started_at": None, "completed_at": None,
             "urls": {"get": base, "cancel": f"{base}/cancel", "stream": self.stream_urls.url(pid),
                      "web": base},
-            "metrics": {},
+            "metrics": {}, **(extra or {}),
         }
         if webhook:
             record["webhook"] = webhook
             record["webhook_events_filter"] = events
         with self.lock:
-            self.live[pid] = Live(record=record)
+            self.live[pid] = Live(record=record, worker=worker)
             self.store.save_prediction(record)
         if deadline is not None and self.loop:
             self.loop.call_later(deadline, self._deadline_reached, pid)
-        self.workers[entry.name].submit(pid, inputs)
+        worker.submit(pid, inputs)
         return self.snapshot(pid)
 
     def _validate_input(self, entry: ModelEntry, inputs: dict) -> None:
@@ -311,9 +318,9 @@ class Gateway:
             live = self.live.get(pid)
             if not live or live.record["status"] in TERMINAL:
                 return
-            worker = self.workers[live.record["model"].split("/", 1)[1]]
-            running = live.record["status"] == "processing" and worker.current == pid
-        if running and worker.cancel_running(pid):
+            worker = live.worker or self.workers[live.record["model"].split("/", 1)[1]]
+            running = live.record["status"] == "processing"
+        if running and worker.cancel_running(pid):  # False unless it is running there now
             return  # coglet reports `canceled` through the stream
         self._finish(pid, {"status": status, "error": error})
 

@@ -8,6 +8,7 @@ after its worker died) the predictions running on it fail with a reason and the 
 fresh server.
 """
 
+import contextlib
 import logging
 import queue
 import threading
@@ -79,10 +80,11 @@ class ModelWorker:
         if prediction_id not in self.running or server is None:
             return False
         try:
-            server.cancel(prediction_id)
+            # coglet answers 404 until it has the prediction (the POST may still be on its way):
+            # then the gateway records the cancel and _stream passes it on at the first event
+            return 200 <= server.cancel(prediction_id) < 300
         except requests.RequestException:
             return False
-        return True
 
     def info(self) -> dict:
         server = self.server
@@ -196,7 +198,12 @@ class ModelWorker:
 
     def _stream(self, server: CogServer, pid: str, inputs: dict) -> dict | None:
         result = None
+        cancel_sent = False
         for event, data in server.stream(inputs, pid):
+            if not cancel_sent and self.sink.is_canceled(pid):  # canceled before coglet knew it
+                cancel_sent = True
+                with contextlib.suppress(requests.RequestException):
+                    server.cancel(pid)
             if event == "output":
                 self.sink.on_output(pid, data.get("chunk") if isinstance(data, dict) else data)
             elif event == "log":

@@ -53,7 +53,7 @@ const scenarios = {
     const page = await replicate.predictions.list();
     print({ step: "list", ids: page.results.map((p) => p.id), next: page.next,
             statuses: Object.fromEntries(page.results.map((p) => [p.id, p.status])) });
-    const final = await replicate.predictions.get(created.id);
+    const final = await replicate.wait(await replicate.predictions.get(created.id), {});
     print({ step: "final", id: final.id, status: final.status, outputs: (final.output || []).length });
   },
 
