@@ -168,7 +168,14 @@ def prepare_deps_context(context: Path, wheels: list[Path], requirements: Path, 
     for wheel in wheels:
         link_or_copy(wheel, context / "wheels" / wheel.name)
     shutil.copy2(requirements, context / "requirements.txt")
-    shutil.copy2(constraints, context / "constraints.txt")
+    # Only the pins of what this image installs: a change elsewhere in the development venv must not
+    # invalidate the dependency layer (its cache key includes this file).
+    from cogkit.wheelhouse import normalise
+
+    installed = {normalise(wheel.name.split("-")[0]) for wheel in wheels}
+    lines = [line for line in constraints.read_text().splitlines()
+             if normalise(line.split("==")[0]) in installed]
+    (context / "constraints.txt").write_text("\n".join(lines) + "\n")
     (context / "Dockerfile").write_text(text)
 
 
