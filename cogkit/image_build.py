@@ -254,7 +254,7 @@ def build(model: str, tag: str | None = None, base: str | None = None, engine_na
         if subprocess.run(engine.cmd("pull", base), capture_output=True).returncode != 0:
             raise BuildError(base_hint(base))
 
-    log(f"build: wheels for {requirements.relative_to(root)} ({'GPU' if gpu else 'CPU'} torch)")
+    log(f"build: wheels for {requirements.relative_to(root)} ({'GPU: CUDA' if gpu else 'CPU'} build)")
     wheel_dir, wheels = download(model, requirements, sdk, gpu, log=log)
     torch = torch_requirement(requirements, gpu)
     work = root / ".cogkit" / "build" / model
