@@ -22,11 +22,14 @@ def model_concurrency(model: str, root: Path | None = None) -> int:
     return value
 
 
-def runner_concurrency(runner: str, root: Path | None = None) -> int:
-    """The concurrency of the model served by `runner` ("predict.py:LLMRunner"); 1 for a runner no
-    model names (e.g. a naive comparison predictor)."""
+def runner_concurrency(runner: str, root: Path | None = None, model: str | None = None) -> int:
+    """The concurrency of the model served by `runner` ("predict.py:LLMRunner"): `model` (COGKIT_MODEL)
+    when that model runs on it (several models may share a predictor), else the first model that names
+    the runner; 1 for a runner no model names (e.g. a naive comparison predictor)."""
     from models import MODELS
 
+    if model in MODELS and MODELS[model].runner == runner:
+        return model_concurrency(model, Path(root or project_root()))
     for spec in MODELS.values():
         if spec.runner == runner:
             return model_concurrency(spec.name, Path(root or project_root()))

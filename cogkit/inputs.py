@@ -22,12 +22,14 @@ import pathlib
 import re
 import shutil
 import tempfile
+import time
 import types
 import typing
 
 from cog.input import FieldInfo
 
 MAX_DOWNLOAD = int(os.environ.get("COGKIT_MAX_FILE_BYTES") or 1 << 30)  # one file input, bytes
+DOWNLOAD_DEADLINE = float(os.environ.get("COGKIT_DOWNLOAD_TIMEOUT") or 600)  # one file input, seconds
 ACCEPTED = "send an http(s) URL or a data: URI"
 
 
@@ -246,19 +248,25 @@ def install_download_hooks() -> None:
 
 
 def download(url_path) -> pathlib.Path:
-    """Copy coglet's file object (an HTTP response or a decoded data: URI) to a temporary file, at
-    most MAX_DOWNLOAD bytes."""
+    """Copy coglet's file object (an HTTP response or a decoded data: URI) to a temporary file: at
+    most MAX_DOWNLOAD bytes, within DOWNLOAD_DEADLINE seconds. Each read returns what has arrived
+    (read1), and coglet gives each wait on the network 10 s, so a server that sends a byte now and
+    then is cut off at the deadline rather than holding the prediction for ever."""
     from cog import types as cog_types
 
     fd, name = tempfile.mkstemp(suffix=url_path.filename)
-    copied = 0
+    copied, deadline = 0, time.monotonic() + DOWNLOAD_DEADLINE
+    read = getattr(url_path.fileobj, "read1", None) or url_path.fileobj.read
     try:
         with os.fdopen(fd, "wb") as dest:
-            while chunk := url_path.fileobj.read(1 << 20):
+            while chunk := read(1 << 20):
                 copied += len(chunk)
                 if copied > MAX_DOWNLOAD:
                     raise InputError(f"the file is larger than the limit of {MAX_DOWNLOAD} bytes "
                                      "(COGKIT_MAX_FILE_BYTES)")
+                if time.monotonic() > deadline:
+                    raise InputError(f"could not download {clip(url_path.source)}: not complete after "
+                                     f"{DOWNLOAD_DEADLINE:.0f} s (COGKIT_DOWNLOAD_TIMEOUT)")
                 dest.write(chunk)
     except BaseException:
         os.unlink(name)

@@ -99,7 +99,9 @@ def plan(name: str, kind: str, source: str | None, hardware: str | None, root: P
     registry = root / "models" / REGISTRY_FILE.name
     text = registry.read_text() if registry.is_file() else REGISTRY_HEADER
     files[registry] = text.rstrip("\n") + "\n\n" + toml_table(name, entry)
-    files[overlay] = overlay_yaml(name, kind, hardware, entry["runner"] if kind == "custom" else base.runner)
+    concurrency = kind_concurrency(kind, root)
+    files[overlay] = overlay_yaml(name, kind, hardware, entry["runner"] if kind == "custom" else base.runner,
+                                  concurrency)
     return files
 
 
@@ -108,14 +110,23 @@ def toml_table(name: str, entry: dict) -> str:
     return f"[{name}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in entry.items())
 
 
-def overlay_yaml(name: str, kind: str, hardware: str, runner: str) -> str:
+def kind_concurrency(kind: str, root: Path) -> int:
+    """The shipped model's `concurrency.max` (e.g. the LLM's batching engine runs 16 at once)."""
+    from cogkit.concurrency import model_concurrency
+
+    return model_concurrency(kind, root) if kind != "custom" else 1
+
+
+def overlay_yaml(name: str, kind: str, hardware: str, runner: str, concurrency: int = 1) -> str:
     example, inputs, expect = EXAMPLES[kind]
     snapshot = "\n# Its predictor keeps no boot snapshot.\nsnapshot: false\n" if kind in NO_SNAPSHOT else ""
+    at_once = (f"  # Predictions run at once, as for the shipped {kind} model (COG_MAX_CONCURRENCY).\n"
+               f"  concurrency:\n    max: {concurrency}\n") if concurrency > 1 else ""
     return (f"# Shipping the `{name}` model (kind {kind}; added by `cogkit new`). See models/cog/base.yaml for\n"
             f"# the shared part. `cogkit select {name}` composes cog.yaml from both.\n\n"
             f"# Replicate hardware SKU, used when creating the model (`POST /v1/models`); a gpu-* SKU needs\n"
             f"# build.gpu: true, cpu needs false.\nhardware: {hardware}\n{snapshot}\n"
-            f"cog:\n  build:\n    gpu: {'false' if hardware == 'cpu' else 'true'}\n  run: \"{runner}\"\n\n"
+            f"cog:\n  build:\n    gpu: {'false' if hardware == 'cpu' else 'true'}\n  run: \"{runner}\"\n{at_once}\n"
             f"# Example predictions `cogkit check {name}` and `cogkit push {name}` run through the real local\n"
             f"# server on weights/{name}/. Make them say what your model must answer (equals, contains, regex…).\n"
             f"examples:\n  - name: {example}\n    input: {inputs}\n    expect: {expect}\n")

@@ -6,6 +6,7 @@ because coglet reads the schema from its working directory and silently applies 
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -54,6 +55,9 @@ def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
         yield event, json.loads("\n".join(data))
 
 
+INPUT_ERROR_CLASS = re.compile(r"^[A-Za-z_]\w*(?:Error|Exception): (?=[a-z_][\w.\[\]]*: )")
+
+
 def clean_error(result: dict) -> dict:
     """coglet 0.23.1 writes a failed prediction's error as `Prediction failed: Prediction failed:
     ValueError: audio: …`: keep the one line that names the input and the problem."""
@@ -61,9 +65,8 @@ def clean_error(result: dict) -> dict:
     if isinstance(error, str):
         while error.startswith("Prediction failed: "):
             error = error[len("Prediction failed: "):]
-        for prefix in ("InputError: ", "ValueError: "):
-            error = error.removeprefix(prefix)
-        result["error"] = error
+        # an input error's class name adds nothing to `field: problem` (other errors keep theirs)
+        result["error"] = INPUT_ERROR_CLASS.sub("", error, count=1)
     return result
 
 
@@ -110,7 +113,7 @@ class CogServer:
         env["COG_PREDICT_TYPE_STUB"] = str(self.root / self.runner)
         env["COG_SETUP_TIMEOUT"] = str(int(self.setup_timeout))
         if "COG_MAX_CONCURRENCY" not in env:  # an explicit setting wins over the overlay
-            env["COG_MAX_CONCURRENCY"] = str(runner_concurrency(self.runner, self.root))
+            env["COG_MAX_CONCURRENCY"] = str(runner_concurrency(self.runner, self.root, env.get("COGKIT_MODEL")))
         env.setdefault("PYTHONUNBUFFERED", "1")
         with open(self.log_path, "wb") as log:
             self.started_at = time.monotonic()

@@ -61,12 +61,12 @@ def test_js_errors_are_api_errors_with_their_status(gateway, js_client):
 @pytest.mark.skipif("image" not in MODELS, reason="no image model in MODELS")
 def test_js_file_input_and_file_outputs(gateway, js_client, image_weights, tmp_path):
     # a picture made by the model is the next prediction's file input
-    first = gateway.client().run("local/image", input=picture_input())
+    first = gateway.client().run("local/image", input=picture_input(num_inference_steps=2))
     picture = tmp_path / "input.png"
     picture.write_bytes((first[0] if isinstance(first, list) else first).read())
     before = {f["id"] for f in gateway.get("/v1/files").json()["results"]}
-    [result] = js_client.run(gateway, "files", model="local/image", input=picture_input(prompt_strength=0.5),
-                             fileInput="image", path=str(picture))
+    [result] = js_client.run(gateway, "files", model="local/image", fileInput="image", path=str(picture),
+                             input=picture_input(prompt_strength=0.5, num_inference_steps=2))
     uploads = [f for f in gateway.get("/v1/files").json()["results"] if f["id"] not in before]
     assert any(f["size"] == picture.stat().st_size for f in uploads)  # sent through POST /v1/files
     files = result["files"]

@@ -5,6 +5,7 @@ prediction still succeeds."""
 
 import base64
 import io
+import re
 import struct
 import threading
 import time
@@ -47,6 +48,7 @@ def refused(server, inputs: dict, field: str, *words: str) -> str:
         assert result["status"] == "failed", (inputs, result)
         text = result["error"]
     assert "\n" not in text.strip() and "Traceback" not in text and "Prediction failed" not in text, text
+    assert not re.match(r"\w+Error: ", text), text  # one line: `field: problem`, no class name
     assert field in text and all(w in text for w in words), (field, words, text)
     return text
 
@@ -76,6 +78,16 @@ def http_files(tmp_path_factory):
             if self.path.startswith("/hang"):
                 time.sleep(15)
                 return
+            if self.path.startswith("/drip"):  # a byte every 0.2 s, for ever
+                self.send_response(200)
+                self.end_headers()
+                try:
+                    while True:
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except OSError:
+                    return
             super().do_GET()
 
         def log_message(self, *args):
@@ -217,7 +229,7 @@ def test_llm_refuses_hostile_input(llm_server):
 # ------------------------------------------------------------------------------ the download hooks
 
 
-def test_a_download_over_the_size_limit_is_refused_naming_the_limit(http_files, monkeypatch):
+def test_downloads_are_bounded_in_size_and_time(http_files, monkeypatch):
     """coglet's own URLPath (cog.types) with cogkit's hooks, against a real HTTP server."""
     from cog import types as cog_types
 
@@ -234,3 +246,59 @@ def test_a_download_over_the_size_limit_is_refused_naming_the_limit(http_files, 
     small = cog_types.Path.validate(f"{base}/small.bin").convert()
     assert inputs.file_input("audio", small).read_bytes() == b"y" * 100
     small.unlink()
+    monkeypatch.setattr(inputs, "DOWNLOAD_DEADLINE", 1.0)
+    dripping = cog_types.Path.validate(f"{base}/drip.bin").convert()
+    with pytest.raises(inputs.InputError, match=r"audio: could not download .*not complete after 1 s"):
+        inputs.file_input("audio", dripping)
+
+
+# ------------------------------------------------------------------------------ crashes
+
+
+def test_a_killed_cogkit_serve_leaves_no_model_server(tiny_weights_root):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from cogkit.server import free_port
+    from cogkit.weights import project_root
+    from tests.fixtures_gateway import group_alive
+
+    port = free_port()
+    env = {**os.environ, "COGKIT_WEIGHTS_DIR": str(tiny_weights_root)}
+    cli = subprocess.Popen([sys.executable, "-m", "cogkit.cli", "serve", "llm", "--port", str(port)],
+                           cwd=project_root(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert cli.poll() is None and time.monotonic() < deadline, "cogkit serve did not get READY"
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health-check", timeout=2).json()["status"] == "READY":
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent_of(p) == cli.pid]
+        assert children, "no model server under cogkit serve"
+        cli.send_signal(signal.SIGKILL)
+        cli.wait()
+        deadline = time.monotonic() + 30
+        while any(map(group_alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(group_alive, children)), "the model server outlived cogkit serve"
+    finally:
+        cli.kill()
+        for group in children if "children" in locals() else []:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _parent_of(pid: str) -> int | None:
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[1])

@@ -36,6 +36,7 @@ def test_every_kind_is_a_registry_entry_and_an_overlay_that_selects(project):
                                            "predict.py:WhisperRunner", "predict.py:TTSRunner",
                                            "predict.py:NewCustomRunner"]
     assert configs[0]["environment"] == ["COGKIT_MODEL=new-llm"] and configs[0]["build"]["gpu"] is True
+    assert configs[0]["concurrency"] == {"max": 16} and "concurrency" not in configs[4]  # as the kind's
     assert yaml.safe_load((project / "models/cog/new-tts.yaml").read_text())["snapshot"] is False
     # A second LLM reuses the predictor: predict.py gained only the custom model's class.
     assert (project / "predict.py").read_text().count("class LLMRunner(") == 1
@@ -75,4 +76,13 @@ def test_a_new_model_of_each_kind_passes_check_at_once(tmp_path, kind):
                         f"&& cogkit check my-{kind} && cogkit push my-{kind} r8.im/acme/my-{kind} --dry-run",
                timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "examples  ok" in done.stderr and f"cd {project} && cog push r8.im/acme/my-{kind}" in done.stdout
+    assert "examples  ok" in done.stderr and f"push r8.im/acme/my-{kind}" in done.stdout
+
+
+def test_a_model_sharing_a_predictor_gets_its_own_concurrency(project):
+    """cogkit's servers set COG_MAX_CONCURRENCY from the overlay of the model COGKIT_MODEL names."""
+    overlay = project / "models" / "cog" / "new-llm.yaml"
+    overlay.write_text(overlay.read_text().replace("max: 16", "max: 5"))
+    done = run(project, "python -c \"from cogkit.concurrency import runner_concurrency as c; "
+                        "print(c('predict.py:LLMRunner', model='new-llm'), c('predict.py:LLMRunner'))\"")
+    assert done.stdout.split() == ["5", "16"], done.stderr

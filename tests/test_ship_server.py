@@ -131,7 +131,8 @@ def test_push_dry_run_then_push_records_the_lock(tmp_path, tiny_weights_root, fa
     assert call.startswith(f"argv: push r8.im/acme/tiny\ncwd: {root}\n")
     cog_yaml = yaml.safe_load(call.split("--- cog.yaml\n")[1].split("--- .dockerignore\n")[0])
     assert cog_yaml == {"build": {"python_version": "3.11", "python_requirements": "requirements.txt",
-                                  "gpu": True}, "run": "predict.py:LLMRunner"}
+                                  "gpu": True}, "run": "predict.py:LLMRunner",
+                        "environment": ["COGKIT_MODEL=llm"]}
     ignored = call.split("--- .dockerignore\n")[1]
     assert ignored.startswith(dockerignore_before)
     assert all(f"weights/{m}\n" in ignored for m in MODELS if m != "llm")

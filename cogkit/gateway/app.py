@@ -17,7 +17,7 @@ from starlette.routing import Route
 from cogkit.gateway import openai_chat
 from cogkit.gateway.core import Gateway, GatewayError, parse_prefer_wait
 from cogkit.gateway.deployments import deployment_routes
-from cogkit.gateway.validation import MAX_BODY, BodyLimit, read_json_object, too_deep
+from cogkit.gateway.validation import MAX_BODY, BodyLimit, check_values, read_json_object, too_deep
 
 log = logging.getLogger("cogkit.gateway")
 
@@ -130,7 +130,10 @@ def create_app(gateway: Gateway, tokens: list[str], max_body: int = MAX_BODY) ->
             try:
                 metadata = json.loads(form["metadata"])
             except ValueError:
-                raise GatewayError(422, "Invalid metadata", "metadata: must be a JSON object") from None
+                metadata = None
+            if not isinstance(metadata, dict):
+                raise GatewayError(422, "Invalid metadata", "metadata: must be a JSON object")
+            check_values({"metadata": metadata})
         record = gateway.files.add(data, upload.filename or "file", upload.content_type, metadata)
         return JSONResponse(gateway.files.describe(record), status_code=201)
 

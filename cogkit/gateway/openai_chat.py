@@ -237,8 +237,9 @@ def routes(gateway: Gateway) -> list[Route]:
                 yield f"data: {json.dumps({'error': {'message': error.message, 'type': error.kind}})}\n\n"
             else:
                 yield chunk({}, finish_reason(record))
-                if include_usage:
-                    yield f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': [], 'usage': usage(record)})}\n\n"
+                if include_usage:  # OpenAI's last chunk: no choices, the usage
+                    last = {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(record)}
+                    yield f"data: {json.dumps(last)}\n\n"
             yield "data: [DONE]\n\n"
         finally:
             if not finished:  # the client went away: stop generating for nobody

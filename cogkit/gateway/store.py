@@ -120,12 +120,12 @@ class Store:
     def get_file(self, file_id: str) -> dict | None:
         with self.lock:
             row = self.db.execute("SELECT record FROM files WHERE id=?", (file_id,)).fetchone()
-        return json.loads(row[0]) if row else None
+        return load_record(row[0]) if row else None
 
     def list_files(self) -> list[dict]:
         with self.lock:
             rows = self.db.execute("SELECT record FROM files ORDER BY rowid DESC").fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return [load_record(r[0]) for r in rows]
 
     def delete_file(self, file_id: str) -> None:
         with self.lock:
