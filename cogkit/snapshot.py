@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,11 +31,27 @@ KEYED_PACKAGES = ("cogkit", "torch", "transformers", "diffusers", "tokenizers", 
 def device_facts(device: str) -> dict:
     facts = {"device": device.split(":")[0]}
     if facts["device"] == "cuda":
-        import torch
+        if "torch" in sys.modules:
+            import torch
 
-        facts["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
-        facts["gpu"] = torch.cuda.get_device_name()
+            facts["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
+            facts["gpu"] = torch.cuda.get_device_name()
+        else:  # a torch-free predictor (whisper on CTranslate2, tts on onnxruntime) or image
+            facts.update(nvidia_smi_facts())
     return facts
+
+
+def nvidia_smi_facts() -> dict:
+    """GPU 0's name and compute capability from nvidia-smi, the same strings torch reports."""
+    import subprocess
+
+    try:
+        line = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader", "-i", "0"],
+                              capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+        name, capability = (part.strip() for part in line.rsplit(",", 1))
+        return {"capability": capability, "gpu": name}
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {"capability": None, "gpu": None}
 
 
 def key_facts(weights_folder: Path, device: str, extra: dict | None = None) -> dict:
