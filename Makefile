@@ -28,7 +28,7 @@ test: setup js-client
 # Every model's image built and run in a real engine (the LLM's is ~2 GB; CI runs only the TTS one).
 # Needs a running Docker or Podman; `source .ci/engine.sh && engine_start` sets one up.
 test-containers: setup
-	COGKIT_TEST_BIG_IMAGES=1 .venv/bin/python -m pytest -q tests/test_container.py tests/test_container_llm.py
+	COGKIT_TEST_BIG_IMAGES=1 .venv/bin/python -m pytest -q tests/test_container.py tests/test_container_llm.py tests/test_container_image.py
 
 # End-to-end checks too slow for every CI run (e.g. `cogkit new` of an image, whisper and tts model).
 test-slow: setup

@@ -168,7 +168,14 @@ def prepare_deps_context(context: Path, wheels: list[Path], requirements: Path, 
     for wheel in wheels:
         link_or_copy(wheel, context / "wheels" / wheel.name)
     shutil.copy2(requirements, context / "requirements.txt")
-    shutil.copy2(constraints, context / "constraints.txt")
+    # Only the pins of what this image installs: a change elsewhere in the development venv must not
+    # invalidate the dependency layer (its cache key includes this file).
+    from cogkit.wheelhouse import normalise
+
+    installed = {normalise(wheel.name.split("-")[0]) for wheel in wheels}
+    lines = [line for line in constraints.read_text().splitlines()
+             if normalise(line.split("==")[0]) in installed]
+    (context / "constraints.txt").write_text("\n".join(lines) + "\n")
     (context / "Dockerfile").write_text(text)
 
 
@@ -247,7 +254,7 @@ def build(model: str, tag: str | None = None, base: str | None = None, engine_na
         if subprocess.run(engine.cmd("pull", base), capture_output=True).returncode != 0:
             raise BuildError(base_hint(base))
 
-    log(f"build: wheels for {requirements.relative_to(root)} ({'GPU' if gpu else 'CPU'} torch)")
+    log(f"build: wheels for {requirements.relative_to(root)} ({'GPU: CUDA' if gpu else 'CPU'} build)")
     wheel_dir, wheels = download(model, requirements, sdk, gpu, log=log)
     torch = torch_requirement(requirements, gpu)
     work = root / ".cogkit" / "build" / model
