@@ -34,7 +34,10 @@ def add_commands(sub, model_help: str) -> None:
     b.add_argument("--compile", action="store_true", help="set COGKIT_COMPILE=1 for (b) and (c)")
     b.add_argument("--skip-naive", action="store_true", help="leave out (a), the slowest variant")
     b.set_defaults(func=cmd_bench_boot)
+    from cogkit.bench_serve import add_bench_serve  # `cogkit bench serve`
     from cogkit.container_bench import add_bench_commands  # `cogkit bench container`
+
+    add_bench_serve(bench, model_help)
 
     add_bench_commands(bench, model_help)
 

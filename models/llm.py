@@ -47,6 +47,10 @@ def convert(source: Path, out: Path, dtype: str) -> dict:
     fields = config_fields(config_json)
     if fields["tie_word_embeddings"]:
         state.pop("lm_head.weight", None)
+    if any(".qkv_proj." in k for k in state):  # a folder cogkit built before: back to the checkpoint's names
+        from models.llama import LlamaConfig, split_projections
+
+        state = split_projections(state, LlamaConfig(**fields))
     check_tensors(state, fields)
     state = fuse_projections(state)  # one qkv and one gate/up matmul per layer at run time
     write_folder(out, state, config_json, tokenizer_json, tokenizer_config, dtype)

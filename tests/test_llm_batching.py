@@ -141,9 +141,11 @@ def test_sixteen_streams_sixty_four_requests_lose_nothing(endless_llm_server, en
 
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, range(64)))
-    for (text, final), (want, _) in zip(results, alone, strict=True):
+    for (text, final), (want, _), sampling in zip(results, alone, samplings, strict=True):
         assert final["status"] == "succeeded", final
         assert text == want == "".join(final["output"])
+        # Each prediction's metrics are its own (the stream may run on another prediction's thread).
+        assert final["metrics"]["output_token_count"] == sampling.max_new_tokens
 
 
 def test_cancel_takes_effect_within_a_second(endless_llm_server_single):

@@ -1,0 +1,202 @@
+"""`cogkit bench serve MODEL`: serving throughput through the real server, at several concurrencies.
+
+For each concurrency c, c client threads stream `--requests` greedy predictions in total (the same
+prompts every level) and we report aggregate output tokens per second (all tokens / wall time),
+time to first token (p50, p95, as the client sees it) and each stream's own decode tok/s.
+`--peer ct2` runs the same prompt ids on CTranslate2 (`generate_batch`, batch = c) in the same run;
+CTranslate2 lives in its own venv (scripts/peers-setup.sh), never in the runtime requirements.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+PROMPTS = ["Write a short story about a fox.", "Explain what a compiler does.",
+           "List three facts about Paris.", "Describe the water cycle.", "Why is the sky blue?",
+           "Give me a recipe for pancakes.", "What is machine learning?", "Tell me about the moon."]
+PEER_PYTHON = Path(".peers/ct2/bin/python")
+
+
+def add_bench_serve(bench, model_help: str) -> None:
+    b = bench.add_parser("serve", help="aggregate tok/s, TTFT and per-stream tok/s at several concurrencies")
+    b.add_argument("model", help=model_help)
+    b.add_argument("--concurrency", default="1,4,8,16", help="comma-separated levels (default 1,4,8,16)")
+    b.add_argument("--requests", type=int, default=16, help="predictions per level (default 16)")
+    b.add_argument("--max-new-tokens", type=int, default=64)
+    b.add_argument("--json", dest="json_path", help="write the results to this file")
+    b.add_argument("--peer", choices=["ct2"], action="append", default=[],
+                   help="also run the same prompts on a peer engine (its venv: scripts/peers-setup.sh)")
+    b.set_defaults(func=cmd_bench_serve)
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else 0.0
+
+
+def one_request(server, prompt: str, max_new: int) -> dict:
+    sent = time.monotonic()
+    first = None
+    final = {}
+    for event, data in server.stream({"prompt": prompt, "temperature": 0, "max_new_tokens": max_new}):
+        if event == "output" and first is None:
+            first = time.monotonic()
+        if event == "completed":
+            final = data
+    done = time.monotonic()
+    if final.get("status") != "succeeded":
+        raise RuntimeError(f"a prediction failed: {final.get('error') or final.get('status')}")
+    tokens = final["metrics"]["output_token_count"]
+    first = first or done
+    return {"ttft": first - sent, "tokens": tokens, "text": "".join(final["output"]),
+            "stream_tps": (tokens - 1) / (done - first) if tokens > 1 and done > first else 0.0}
+
+
+def serve_level(server, concurrency: int, requests: int, max_new: int) -> dict:
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(requests)]
+    started = time.monotonic()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(lambda p: one_request(server, p, max_new), prompts))
+    wall = time.monotonic() - started
+    tokens = sum(r["tokens"] for r in results)
+    return {"concurrency": concurrency, "requests": requests, "output_tokens": tokens,
+            "wall_seconds": round(wall, 3), "aggregate_tokens_per_second": round(tokens / wall, 2),
+            "ttft_p50": round(percentile([r["ttft"] for r in results], 0.5), 3),
+            "ttft_p95": round(percentile([r["ttft"] for r in results], 0.95), 3),
+            "per_stream_tokens_per_second": round(statistics.median(r["stream_tps"] for r in results), 2),
+            "texts_in_order": [r["text"] for r in results]}
+
+
+def export_hf_folder(folder: Path) -> Path:
+    """The built weights as a plain Hugging Face Llama folder (unfused, float32) for peer engines;
+    written once under .peers/models/, keyed by the weights' checksum."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from models.llama import LlamaConfig, split_projections
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    key = manifest["files"]["model.safetensors"]["sha256"][:12]
+    dest = Path(".peers/models") / f"{folder.name}-{key}"
+    if (dest / "model.safetensors").is_file():
+        return dest.resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    state = load_file(str(folder / "model.safetensors"))
+    for name in [k[: -len(".scale")] for k in state if k.endswith(".scale")]:  # an int8 build
+        state[f"{name}.weight"] = state[f"{name}.weight"].float() * state.pop(f"{name}.scale")[:, None]
+    cfg = LlamaConfig.from_file(folder / "config.json")
+    state = {k: v.float().contiguous() for k, v in split_projections(state, cfg).items()}
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("rope_parameters", None)  # CTranslate2 4.6 reads transformers 4's rope_theta form
+    (dest / "config.json").write_text(json.dumps({**config, "torch_dtype": "float32", "dtype": "float32"}))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (dest / name).write_text((folder / name).read_text())
+    del torch
+    return dest.resolve()
+
+
+def ct2_level(hf: Path, quant: str, prompt_ids: list[list[int]], concurrency: int, requests: int,
+              max_new: int) -> dict:
+    """CTranslate2 on the same weights and prompt ids, `generate_batch` with batch = concurrency."""
+    import site
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "peer_ct2.py"
+    # The converter needs transformers and torch: borrowed from this venv, not installed there.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(site.getsitepackages())}
+    out = subprocess.run([str(PEER_PYTHON), str(script), str(hf), quant, str(concurrency), str(requests),
+                          str(max_new)], input=json.dumps(prompt_ids), capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"ct2 peer failed: {out.stderr.strip()[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory_read_gbps(mib: int = 512, runs: int = 5) -> float:
+    """Memory read bandwidth on this process's threads (median of `runs` sums over a buffer far larger
+    than the caches): batch-1 decode reads every weight once per token, so bandwidth / weight bytes
+    is its ceiling."""
+    import torch
+
+    buf = torch.ones(mib * 2**20 // 4)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        float(buf.sum())
+        times.append(time.perf_counter() - started)
+    return buf.numel() * 4 / statistics.median(times) / 1e9
+
+
+def bytes_read_per_token(path: Path) -> int:
+    """Weight bytes one decode step reads: every tensor, except an embedding table that is only
+    looked up (one row) because the head has its own copy (untied, or an int8 build's int8 head)."""
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    sizes = {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+    if "lm_head.weight" in sizes:
+        sizes.pop("model.embed_tokens.weight", None)
+    return sum(sizes.values())
+
+
+def cmd_bench_serve(args) -> int:
+    from cogkit.server import CogServer
+    from cogkit.weights import weights_dir
+    from models import get_model
+
+    spec = get_model(args.model)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    report = {"model": spec.name, "max_new_tokens": args.max_new_tokens, "levels": [], "peers": {}}
+    folder = weights_dir(spec.name)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    report["dtype"] = manifest.get("dtype")
+    weight_bytes = bytes_read_per_token(folder / "model.safetensors")
+    report["memory_read_gbps"] = round(memory_read_gbps(), 2)
+    report["batch1_ceiling_tokens_per_second"] = round(report["memory_read_gbps"] * 1e9 / weight_bytes, 2)
+    print(f"memory read {report['memory_read_gbps']} GB/s: batch-1 ceiling "
+          f"{report['batch1_ceiling_tokens_per_second']} tok/s for {weight_bytes / 1e6:.0f} MB of weights")
+    with CogServer(spec.runner, env={"COG_MAX_CONCURRENCY": str(max(levels))}) as server:
+        server.start().wait_ready()
+        one_request(server, PROMPTS[0], 4)  # warm
+        for c in levels:
+            level = serve_level(server, c, max(args.requests, c), args.max_new_tokens)
+            report["levels"].append(level)
+            print(f"cogkit c={c}: {level['aggregate_tokens_per_second']} tok/s aggregate, TTFT p50 "
+                  f"{level['ttft_p50']}s p95 {level['ttft_p95']}s, per stream "
+                  f"{level['per_stream_tokens_per_second']} tok/s", flush=True)
+            if "ct2" in args.peer:  # interleaved: the peer right after the same level
+                ids = prompt_ids(folder, [PROMPTS[i % len(PROMPTS)] for i in range(max(args.requests, c))])
+                quant = "int8" if report["dtype"] == "int8" else "float32"
+                peer = ct2_level(export_hf_folder(folder), quant, ids, c, max(args.requests, c),
+                                 args.max_new_tokens)
+                peer.pop("token_ids")
+                report["peers"].setdefault("ct2", []).append(peer)
+                print(f"ct2    c={c}: {peer['aggregate_tokens_per_second']} tok/s aggregate", flush=True)
+    for level in report["levels"]:
+        level.pop("texts_in_order")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def prompt_ids(folder: Path, prompts: list[str]) -> list[list[int]]:
+    from models.text_generation import TextGenerator
+
+    gen = _generators.get(folder) or _generators.setdefault(folder, TextGenerator.__new__(TextGenerator))
+    if not hasattr(gen, "tokenizer"):
+        from models.chat_template import ChatTemplate
+        from tokenizers import Tokenizer
+
+        gen.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        cfg = json.loads((folder / "tokenizer_config.json").read_text())
+        gen.special = {k: cfg.get(k) for k in ("bos_token", "eos_token")}
+        gen.chat_template = ChatTemplate(cfg["chat_template"], gen.special) if cfg.get("chat_template") else None
+    return [gen.encode(gen.format_prompt(p, None)) for p in prompts]
+
+
+_generators: dict = {}
+
