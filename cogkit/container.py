@@ -34,8 +34,7 @@ class ContainerServer(CogServer):
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
         env.update(self.extra_env)
         env["COG_SETUP_TIMEOUT"] = str(int(self.setup_timeout))
-        # The schema the image carries is the one the server validates with; read it for clients.
-        self.schema = {}
+        self.schema = {}  # the server validates with the schema inside the image (/src/.cog)
         bind = "127.0.0.1" if self.host in ("127.0.0.1", "localhost") else self.host
         cmd = self.engine.run_cmd(
             "--rm", "--name", self.name, "-p", f"{bind}:{self.port}:{PORT}",

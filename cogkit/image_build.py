@@ -6,12 +6,13 @@ the Cog SDK and coglet, the code at /src, only weights/MODEL, `.cog/openapi_sche
 PID 1, `python -m cog.server.http` on port 5000, and Cog's labels (`run.cog.version`, `.config`,
 `.openapi_schema`, `.pip_freeze`, `.has_init`, `org.opencontainers.image.revision`/`.version`).
 
-Layers, slowest-changing first, so that a code change rebuilds in seconds:
-  deps stage   a venv installed with --no-index from a wheelhouse the host downloaded
-               (cogkit.wheelhouse): no index or TLS needed inside the build
-  final        base + tini, the venv, weights/MODEL, the code and schema, then the boot snapshot:
-               the predictor's setup() runs once *inside* the image so that the snapshot's key
-               (Python, package versions, device) is the one the image's server computes.
+Two builds, slowest-changing first, so that a code change rebuilds in seconds:
+  cogkit-deps-MODEL  a venv installed with --no-index from a wheelhouse the host downloaded
+                     (cogkit.wheelhouse): no index or TLS needed inside the build
+  the model's image  base + tini, the venv copied from the deps image, weights/MODEL, the code and
+                     schema, then the boot snapshot: the predictor's setup() runs once *inside* the
+                     image, so that the snapshot's key (Python, package versions, device) is the one
+                     the image's server computes; then Cog's environment, entrypoint and labels.
 """
 
 import json
@@ -350,7 +351,8 @@ def cmd_build(args) -> int:
 def add_commands(sub, model_help: str) -> None:
     p = sub.add_parser("build", help="build the model's container image (what `cog build` makes), no Cog CLI")
     p.add_argument("model", help=model_help)
-    p.add_argument("--tag", "-t", help="image name (default: cogkit-MODEL:latest; :cpu for a --cpu build of a GPU model)")
+    p.add_argument("--tag", "-t",
+                   help="image name (default: cogkit-MODEL:latest; :cpu for a --cpu build of a GPU model)")
     p.add_argument("--base", help=f"base image with Python 3.11 (default: {DEFAULT_BASE}, or COGKIT_BASE_IMAGE); "
                    "scripts/make-base-image.sh makes one offline")
     p.add_argument("--engine", choices=["docker", "podman"], help="default: the first that answers")

@@ -71,7 +71,10 @@ def test_call_reports_an_aborted_prediction(tmp_path, gateway_weights_root, gate
     """Cancel-After passing while the prediction waits in the queue gives status `aborted`, which
     the replicate client cannot parse (not even in a listing, so this runs on a gateway of its
     own); `cogkit call` reports it and exits non-zero."""
-    gateway = GatewayProcess(tmp_path / "data", gateway_weights_root, gateway_cert).start()
+    # One prediction at a time, so that the second one waits in the queue behind the blocker (the llm
+    # overlay's concurrency would run it at once).
+    gateway = GatewayProcess(tmp_path / "data", gateway_weights_root, gateway_cert,
+                             env={"COG_MAX_CONCURRENCY": "1"}).start()
     for key, value in gateway.client_env().items():
         monkeypatch.setenv(key, value)
     client = gateway.client()

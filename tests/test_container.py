@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from cogkit.schema import load_predictor_info, openapi_schema
+from cogkit.ship_config import compose
 from tests.fixtures_container import ROOT, project_copy
 
 FOX = "The quick brown fox jumps over the lazy dog."
@@ -84,6 +85,16 @@ def test_predict_in_the_container_gives_the_same_bytes_and_errors(tts_image, rea
     assert inside.returncode == 0, inside.stderr
     assert "tts ready in" in inside.stderr
     assert (tmp_path / "container.wav").read_bytes() == (tmp_path / "local.wav").read_bytes()
+
+    # A fresh container's first boot uses the snapshot the build recorded inside the image.
+    if compose("tts", ROOT).snapshot:
+        from cogkit.container import ContainerServer
+
+        with ContainerServer(tts_image, "predict.py:TTSRunner") as server:
+            server.start().wait_ready()
+            log = "\n".join(server.setup_log_lines())
+        assert "snapshot: restored /src/weights/tts/snapshot/" in log, log
+        assert "snapshot: saved" not in log
 
     bad = ["predict", "tts", "-i", f"text={FOX}", "-i", "speed=10"]
     outside = cogkit(*bad, env=env)

