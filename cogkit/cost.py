@@ -59,8 +59,12 @@ def read_bench(paths: list[Path]) -> tuple[dict | None, dict | None]:
 
 
 def serve_levels(data) -> list[dict]:
-    """Every object in a `cogkit bench serve` report that carries `concurrency` and
+    """The levels of a `cogkit bench serve` report: its `levels` list (cogkit's own; peers' levels
+    live elsewhere in the report), else every object carrying `concurrency` and
     `aggregate_tokens_per_second`, wherever the report nests them."""
+    if isinstance(data, dict) and isinstance(data.get("levels"), list):
+        return [lv for lv in data["levels"] if isinstance(lv, dict) and isinstance(lv.get("concurrency"), int)
+                and isinstance(lv.get("aggregate_tokens_per_second"), (int, float))]
     found = []
     if isinstance(data, dict):
         if isinstance(data.get("concurrency"), int) and isinstance(data.get("aggregate_tokens_per_second"), (int, float)):

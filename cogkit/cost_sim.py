@@ -47,7 +47,7 @@ class SimResult:
     busy_slot_seconds: float
     boots: int  # scale-ups (cold starts)
     waits: list = field(repr=False, default_factory=list)  # queue wait of every served request
-    cold_waits: list = field(repr=False, default_factory=list)  # waits of requests a fresh boot served first
+    cold_waits: list = field(repr=False, default_factory=list)  # waits of requests that waited for a boot
     max_up: int = 0  # most instances up at once
     backlog_at_end: int = 0
 
@@ -67,15 +67,13 @@ class SimResult:
 
 
 class _Instance:
-    __slots__ = ("started", "ready", "busy", "idle_since", "first_batch")
+    __slots__ = ("started", "ready", "busy", "idle_since")
 
-    def __init__(self, started: float, ready: bool, slots: int):
+    def __init__(self, started: float, ready: bool):
         self.started = started
         self.ready = ready
         self.busy = 0
         self.idle_since = started
-        # requests a freshly booted instance takes first were waiting on its cold start
-        self.first_batch = 0 if ready else slots
 
 
 ARRIVE, READY, FINISH, IDLE_CHECK = range(4)
@@ -97,7 +95,7 @@ def simulate(fleet: Fleet, hourly_rps: list[float], seconds: float | None = None
         order += 1
         heapq.heappush(events, (t, order, kind, item))
 
-    instances: list[_Instance] = [_Instance(0.0, True, fleet.slots) for _ in range(fleet.min_instances)]
+    instances: list[_Instance] = [_Instance(0.0, True) for _ in range(fleet.min_instances)]
     queue: list[float] = []  # arrival times, FIFO (head index below)
     head = 0
     result = SimResult(seconds=seconds, arrivals=0, served=0, instance_seconds=0.0, busy_slot_seconds=0.0,
@@ -120,9 +118,10 @@ def simulate(fleet: Fleet, hourly_rps: list[float], seconds: float | None = None
         result.instance_seconds += t - inst.started
         instances.remove(inst)
 
-    def dispatch(t: float) -> None:
+    def dispatch(t: float, cold: bool = False) -> None:
         """Waiting requests to the least busy ready instance with a free slot (as the gateway's
-        deployment pools do), oldest first."""
+        deployment pools do), oldest first. `cold`: an instance has just booted, and the requests it
+        takes now were waiting for it (every other slot was busy)."""
         nonlocal head
         while head < len(queue):
             free = [i for i in instances if i.ready and i.busy < fleet.slots]
@@ -134,8 +133,7 @@ def simulate(fleet: Fleet, hourly_rps: list[float], seconds: float | None = None
             inst.busy += 1
             wait = t - arrived
             result.waits.append(wait)
-            if inst.first_batch:
-                inst.first_batch -= 1
+            if cold:
                 result.cold_waits.append(wait)
             service = rng.expovariate(1.0 / fleet.service_s)
             result.busy_slot_seconds += min(service, max(0.0, seconds - t))
@@ -144,7 +142,7 @@ def simulate(fleet: Fleet, hourly_rps: list[float], seconds: float | None = None
     def scale_up(t: float) -> None:
         booting = sum(fleet.slots for i in instances if not i.ready)
         while len(queue) - head > booting and len(instances) < fleet.max_instances:
-            inst = _Instance(t, False, fleet.slots)
+            inst = _Instance(t, False)
             instances.append(inst)
             result.boots += 1
             booting += fleet.slots
@@ -166,7 +164,7 @@ def simulate(fleet: Fleet, hourly_rps: list[float], seconds: float | None = None
             if inst in instances:
                 inst.ready = True
                 inst.idle_since = t
-                dispatch(t)
+                dispatch(t, cold=True)
                 if inst.busy == 0:
                     push(t + fleet.idle_timeout_s, IDLE_CHECK, inst)
         elif kind == FINISH:

@@ -97,7 +97,8 @@ def test_measured_figures_from_bench_json():
                                                          "metrics_last": {"tokens_per_second": 16.0}}},
             "floor_s": {"median": 1.8}}
     serve = {"model": "llm", "levels": [{"concurrency": 1, "aggregate_tokens_per_second": 16.0},
-                                        {"concurrency": 8, "aggregate_tokens_per_second": 64.0}]}
+                                        {"concurrency": 8, "aggregate_tokens_per_second": 64.0}],
+             "peers": {"ct2": [{"concurrency": 8, "aggregate_tokens_per_second": 99.0}]}}  # not ours
     m = measured_figures(boot, serve, 100)
     assert (m.boot_s, m.slots, m.service_s) == (1.7, 8, pytest.approx(8 * 100 / 64))
     m = measured_figures(boot, None, 100)  # no bench serve: one request at a time at the decode speed
