@@ -1,5 +1,5 @@
 # The two commands of the README's quick start.
-.PHONY: demo test test-slow setup weights js-client test-containers
+.PHONY: demo test test-slow setup weights js-client test-containers bench-llm
 
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE = 1
@@ -33,3 +33,8 @@ test-containers: setup
 # End-to-end checks too slow for every CI run (e.g. `cogkit new` of an image, whisper and tts model).
 test-slow: setup
 	COGKIT_SLOW_TESTS=1 .venv/bin/python -m pytest -q tests/test_new.py
+
+# LLM serving through the real server against CTranslate2 (own venv in .peers/; minutes, not for CI).
+bench-llm: setup weights
+	bash scripts/peers-setup.sh
+	.venv/bin/cogkit bench serve llm --concurrency 1,4,8,16 --requests 16 --max-new-tokens 48 --peer ct2 --json bench-llm.json
