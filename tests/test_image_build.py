@@ -7,7 +7,7 @@ import pytest
 
 from cogkit.build import build_weights
 from cogkit.weights import read_manifest, verify
-from models.image_generation import ImageInputError, check_size, img2img_size
+from models.image.generation import ImageInputError, check_size, img2img_size
 
 
 def test_built_folder_is_a_checksummed_float32_pipeline(image_weights_root):
@@ -29,7 +29,7 @@ def test_built_folder_is_a_checksummed_float32_pipeline(image_weights_root):
 
 
 def test_builtin_source_is_deterministic(tmp_path):
-    from models.image import builtin_source
+    from models.image.build import builtin_source
 
     a = builtin_source("tiny-sd", tmp_path / "a")
     b = builtin_source("tiny-sd", tmp_path / "b")
@@ -40,7 +40,7 @@ def test_builtin_source_is_deterministic(tmp_path):
 
 
 def test_tiny_tokenizer_merges_common_words():
-    from models.image import make_tiny_clip_tokenizer
+    from models.image.build import make_tiny_clip_tokenizer
 
     tok = make_tiny_clip_tokenizer()
     ids = tok("a red fox").input_ids
@@ -50,7 +50,7 @@ def test_tiny_tokenizer_merges_common_words():
 
 
 def test_converts_a_pipeline_folder_to_half_precision(tmp_path):
-    from models.image import builtin_source
+    from models.image.build import builtin_source
     from safetensors import safe_open
 
     source = builtin_source("tiny-sd", tmp_path / "source")

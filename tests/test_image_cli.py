@@ -54,7 +54,7 @@ def data_uris(result) -> list[bytes]:
 def test_second_boot_restores_the_snapshot_and_naive_boot_agrees(image_server, image_weights_root, tmp_path):
     """What `cogkit bench boot image` compares: the same bench_input gives the same files from the
     running server, a fresh boot that restores the snapshot, and the naive predictor on the source."""
-    from models.image import builtin_source
+    from models.image.build import builtin_source
 
     spec = get_model("image")
     reference = data_uris(image_server.predict(spec.bench_input))

@@ -1,4 +1,4 @@
-"""The image predictor's diffusers-free fast path (models/image_fastpath.py): it gives the full
+"""The image predictor's diffusers-free fast path (models/image/fastpath.py): it gives the full
 pipeline's exact bytes, hands what it does not serve to the full pipeline, imports neither diffusers
 nor transformers, and a broken or mismatched recorded program means a logged rebuild, not a failed boot."""
 
@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 
 @pytest.fixture(scope="module")
 def full(image_weights_root):
-    from models.image_generation import ImageGenerator, load_pipeline
+    from models.image.generation import ImageGenerator, load_pipeline
 
     return ImageGenerator(load_pipeline(image_weights_root / "image", "cpu", "float32"), "cpu")
 
@@ -26,7 +26,7 @@ def full(image_weights_root):
 @pytest.fixture(scope="module")
 def recorded(full, tmp_path_factory):
     """A snapshot-like folder holding a recorded fast path."""
-    from models import image_fastpath
+    from models.image import fastpath as image_fastpath
 
     folder = tmp_path_factory.mktemp("fastpath-snapshot")
     logs = []
@@ -37,7 +37,7 @@ def recorded(full, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fast(recorded, full):
-    from models import image_fastpath
+    from models.image import fastpath as image_fastpath
 
     generator, rerecord = image_fastpath.load(recorded, "cpu", False, full=lambda: full)
     assert generator is not None and not rerecord
@@ -45,13 +45,13 @@ def fast(recorded, full):
 
 
 def request(**kw):
-    from models.image_generation import ImageRequest
+    from models.image.generation import ImageRequest
 
     return ImageRequest(**{"prompt": "a red fox", **kw})
 
 
 def file_bytes(images, output_format, tmp_path):
-    from models.image_generation import encode_images
+    from models.image.generation import encode_images
 
     folder = tmp_path / output_format
     folder.mkdir(parents=True)
@@ -111,7 +111,7 @@ def test_img2img_goes_to_the_full_pipeline(fast, full):
 
 
 def test_input_rules_are_the_full_pipelines(fast):
-    from models.image_generation import ImageInputError
+    from models.image.generation import ImageInputError
 
     with pytest.raises(ImageInputError, match="width: 70 is not a multiple of 8"):
         fast.generate(request(width=70))
@@ -122,7 +122,7 @@ def test_input_rules_are_the_full_pipelines(fast):
 def test_pipelines_it_cannot_reproduce_are_not_recorded(full, tmp_path):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from models import image_fastpath
+    from models.image import fastpath as image_fastpath
 
     parts = {k: v for k, v in full.text2img.components.items()}
     other = StableDiffusionPipeline(**{**parts, "scheduler": DDIMScheduler.from_config(parts["scheduler"].config)})
@@ -140,8 +140,8 @@ def test_pipelines_it_cannot_reproduce_are_not_recorded(full, tmp_path):
 def test_fast_path_imports_neither_diffusers_nor_transformers(recorded):
     code = (
         "import sys; from pathlib import Path\n"
-        "from models import image_fastpath\n"
-        "from models.image_generation import ImageRequest\n"
+        "from models.image import fastpath as image_fastpath\n"
+        "from models.image.generation import ImageRequest\n"
         f"fast, _ = image_fastpath.load(Path({str(recorded)!r}), 'cpu', False, full=None)\n"
         "fast.generate(ImageRequest(prompt='a red fox', num_inference_steps=2, num_outputs=2, seed=1))\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'diffusers', 'transformers'}))\n"

@@ -9,7 +9,7 @@ from cogkit.weights import read_manifest
 
 @pytest.fixture(scope="module")
 def sdxl(tiny_sdxl_source, tmp_path_factory):
-    from models.image_generation import ImageGenerator, load_pipeline
+    from models.image.generation import ImageGenerator, load_pipeline
 
     dest = tmp_path_factory.mktemp("sdxl-weights") / "image"
     build_weights("image", source=str(tiny_sdxl_source), dtype="float32", dest=dest, log=lambda *a: None)
@@ -25,7 +25,7 @@ def test_sdxl_folder_builds_with_both_text_encoders(sdxl):
 
 
 def test_sdxl_turbo_style_request_is_deterministic(sdxl):
-    from models.image_generation import ImageRequest
+    from models.image.generation import ImageRequest
 
     _, gen = sdxl
     request = ImageRequest(prompt="a red fox", seed=1, num_inference_steps=1, guidance_scale=0, num_outputs=2,
@@ -38,7 +38,7 @@ def test_sdxl_turbo_style_request_is_deterministic(sdxl):
 
 @pytest.mark.parametrize("scheduler", ["DEFAULT", "K_EULER", "DPMSolverMultistep", "DDIM", "PNDM"])
 def test_sdxl_schedulers_and_img2img(sdxl, scheduler):
-    from models.image_generation import ImageRequest
+    from models.image.generation import ImageRequest
 
     _, gen = sdxl
     [text] = gen.generate(ImageRequest(prompt="a red fox", negative_prompt="blurry", seed=2,

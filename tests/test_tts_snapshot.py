@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from cogkit.snapshot import Snapshot
-from models.audio_snapshot import OPTIMIZED_GRAPH
-from models.tts import snapshot_extra
+from models.audio.snapshot import OPTIMIZED_GRAPH
+from models.audio.tts import snapshot_extra
 from tests.fixtures_audio import FOX, decode_data_uri
 from tests.servers import serving
 

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from cogkit.weights import project_root, read_manifest
-from models.whisper_languages import LANGUAGES
+from models.audio.whisper_languages import LANGUAGES
 from tests.fixtures_audio import data_uri
 from tests.servers import serving
 from tests.tiny_models import in_hub_cache, make_tiny_whisper
@@ -61,14 +61,14 @@ def test_hf_checkpoint_is_converted_once_to_int8_ctranslate2(hf_built):
     assert {"model.bin", "config.json", "vocabulary.json", "tokenizer.json",
             "preprocessor_config.json"} <= set(manifest["files"])
     assert not (folder / "model.safetensors").exists()  # no transformers checkpoint left behind
-    from models.whisper import read_ct2_model, stored_dtype
+    from models.audio.whisper import read_ct2_model, stored_dtype
 
     spec, variables = read_ct2_model(folder / "model.bin")
     assert spec == "WhisperSpec" and stored_dtype(variables) == "int8"
 
 
 def test_multilingual_model_detects_translates_and_takes_language_names(hf_built):
-    from models.audio_bench import FOX_CLIP
+    from models.audio.clips import FOX_CLIP
 
     clip = data_uri(FOX_CLIP.read_bytes())
     with serving("predict.py:WhisperRunner", hf_built, setup_timeout=180) as server:
@@ -119,8 +119,8 @@ def test_boot_imports_neither_torch_nor_transformers(real_whisper_weights):
     code = ("import sys\n"
             "from predict import WhisperRunner\n"
             "r = WhisperRunner(); r.setup()\n"
-            "print(r.transcriber.transcribe(__import__('models.audio_io', fromlist=['x']).read_audio(\n"
-            "    __import__('models.audio_bench', fromlist=['x']).FOX_CLIP).samples).text)\n"
+            "print(r.transcriber.transcribe(__import__('models.audio.audio_io', fromlist=['x']).read_audio(\n"
+            "    __import__('models.audio.clips', fromlist=['x']).FOX_CLIP).samples).text)\n"
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
                           env={**os.environ, "COGKIT_WEIGHTS_DIR": str(real_whisper_weights.parent),
@@ -135,7 +135,7 @@ def test_a_second_boot_skips_the_warm_up_on_the_snapshot(hf_built):
     """The first boot (above, or here) checks the model with a warm-up transcription and records the
     snapshot; the next boot with the same key restores it and skips the warm-up."""
     from cogkit.snapshot import Snapshot
-    from models.whisper import snapshot_extra
+    from models.audio.whisper import snapshot_extra
 
     with serving("predict.py:WhisperRunner", hf_built, setup_timeout=180):
         pass

@@ -67,7 +67,7 @@ def make_tiny_whisper(folder: Path, english_tokenizer_json: Path) -> Path:
     import torch
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    from models.whisper_transformers import generation_config, whisper_tokenizer
+    from models.audio.whisper_transformers import generation_config, whisper_tokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

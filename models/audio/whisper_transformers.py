@@ -1,6 +1,6 @@
 """Whisper on transformers, as cogkit ran it before CTranslate2 (and as a typical predict.py does):
 the naive boot of `cogkit bench boot whisper` (variant (a)) and today's baseline in
-`models/whisper_bench.py`. The predictor itself runs `models/whisper_runtime.py`.
+`models/audio/whisper_bench.py`. The predictor itself runs `models/audio/whisper_runtime.py`.
 
 Conversion: a CTranslate2 Whisper folder is mapped onto `WhisperForConditionalGeneration` (the fused
 attention weights split apart) and written as a transformers checkpoint; a transformers folder is
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.whisper import read_ct2_model
-from models.whisper_runtime import SAMPLE_RATE, Transcript, TranscriptionInputError, language_code
+from models.audio.whisper import read_ct2_model
+from models.audio.whisper_runtime import SAMPLE_RATE, Transcript, TranscriptionInputError, language_code
 
 TIME_PRECISION = 0.02  # seconds per timestamp token
 WINDOW_FRAMES = 3000  # 30 s of log-mel frames

@@ -43,7 +43,7 @@ def load_piper(folder: Path, device: str, use_snapshot: bool, log=lambda m: prin
     import tempfile
 
     from cogkit.snapshot import Snapshot, recorded_warmup, write_warmup
-    from models.tts import PiperSynthesizer, onnx_session, snapshot_extra
+    from models.audio.tts import PiperSynthesizer, onnx_session, snapshot_extra
 
     onnx = Path(folder) / "voice.onnx"
     if not use_snapshot:

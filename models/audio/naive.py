@@ -2,7 +2,7 @@
 
 - Whisper: the source is a CTranslate2 checkpoint, which transformers cannot load, so a typical
   predictor converts it at every boot (into a temporary folder), calls `from_pretrained` and decodes
-  with transformers (`models/whisper_transformers.py`, cogkit's own predictor before CTranslate2).
+  with transformers (`models/audio/whisper_transformers.py`, cogkit's own predictor before CTranslate2).
 - TTS: `PiperVoice.load` straight from the voice file inside the wheel, no warm-up.
 
 The run() methods are the built predictors' own, so all variants must give the same output.
@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for predict.py
 
 from predict import SetupTimer, TTSRunner, WhisperRunner, logged_setup  # noqa: E402
 
@@ -33,7 +33,7 @@ class NaiveWhisperRunner(WhisperRunner):
         import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor  # noqa: F401 - timed as imports
 
-        from models.whisper_transformers import TransformersTranscriber, convert_to_transformers, runtime_dtype
+        from models.audio.whisper_transformers import TransformersTranscriber, convert_to_transformers, runtime_dtype
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
         timer.done("imports")
@@ -50,7 +50,7 @@ class NaiveTTSRunner(TTSRunner):
     @logged_setup
     def setup(self) -> None:
         timer = SetupTimer()
-        from models.tts import PiperSynthesizer, VitsSynthesizer
+        from models.audio.tts import PiperSynthesizer, VitsSynthesizer
 
         timer.done("imports")
         source = source_path()

@@ -205,7 +205,7 @@ CHECK_REQUESTS = (
 def check_against(fast, full) -> str | None:
     """Compare the fast path with the full pipeline on CHECK_REQUESTS; a description of the first
     difference, or None when every picture matches byte for byte."""
-    from models.image_generation import MAX_SIZE, ImageRequest
+    from models.image.generation import MAX_SIZE, ImageRequest
 
     step = fast.config["vae_scale_factor"] * fast.config["latent_multiple"]
     for spec in CHECK_REQUESTS:
@@ -227,7 +227,7 @@ def check_against(fast, full) -> str | None:
 
 
 class FastImageGenerator:
-    """Same interface as models.image_generation.ImageGenerator (generate), from a recorded fastpath/
+    """Same interface as models.image.generation.ImageGenerator (generate), from a recorded fastpath/
     folder; `full` returns the full-path generator, called on the first request the fast path does not
     serve."""
 
@@ -254,8 +254,8 @@ class FastImageGenerator:
         self._full = None
         self._full_lock = threading.Lock()
         self.log = log
-        # models.image_generation.PromptLength reads a transformers-like tokenizer; these two fields.
-        from models.image_generation import PromptLength
+        # models.image.generation.PromptLength reads a transformers-like tokenizer; these two fields.
+        from models.image.generation import PromptLength
 
         self.prompt_length = PromptLength(SimpleNamespace(backend_tokenizer=self.tokenizer,
                                                           model_max_length=self.config["model_max_length"]))
@@ -281,7 +281,7 @@ class FastImageGenerator:
         return True, ""
 
     def generate(self, req, log=print) -> list:
-        from models.image_generation import ImageInputError, check_size
+        from models.image.generation import ImageInputError, check_size
 
         check_size("width", req.width)
         check_size("height", req.height)

@@ -3,7 +3,7 @@
 import base64
 from pathlib import Path
 
-FOX_CLIP = Path(__file__).resolve().parent / "audio_assets" / "quick_brown_fox.ogg"
+FOX_CLIP = Path(__file__).resolve().parent / "assets" / "quick_brown_fox.ogg"
 FOX_TEXT = "The quick brown fox jumps over the lazy dog."
 
 

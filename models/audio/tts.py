@@ -168,7 +168,7 @@ def snapshot_extra(device: str) -> dict:
     """The TTS snapshot's key: onnxruntime's optimised graph depends on its version and the CPU."""
     from importlib.metadata import version
 
-    from models.audio_snapshot import cpu_fingerprint
+    from models.audio.snapshot import cpu_fingerprint
 
     return {"onnxruntime": version("onnxruntime"), "piper": version("piper-tts"), "cpu": cpu_fingerprint()}
 

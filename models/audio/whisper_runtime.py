@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.whisper_languages import LANGUAGES, TO_LANGUAGE_CODE
+from models.audio.whisper_languages import LANGUAGES, TO_LANGUAGE_CODE
 
 SAMPLE_RATE = 16000
 
