@@ -3,10 +3,9 @@
 Runs on torch, `tokenizers` and jinja2 only; transformers is needed to build weights, not to boot.
 """
 
-import asyncio
 import json
 import queue
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,27 +200,6 @@ class TextGenerator:
                     kind, value = events.get(timeout=0.1)
                 except queue.Empty:
                     continue
-                if kind == "text":
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
-                    return
-        finally:
-            req.cancelled = True
-
-    async def agenerate(self, prompt_ids: list[int], sampling: Sampling, stop_sequences: list[str],
-                        stats: GenerationStats) -> AsyncIterator[str]:
-        """`generate` for an asyncio caller: many run at once, batched by the engine. Cancelling the
-        awaiting task drops the request at the engine's next step."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-        req = self.request(prompt_ids, sampling, stop_sequences, stats,
-                           lambda item: loop.call_soon_threadsafe(events.put_nowait, item))
-        self.engine.submit(req)
-        try:
-            while True:
-                kind, value = await events.get()
                 if kind == "text":
                     yield value
                 elif kind == "error":
