@@ -257,8 +257,8 @@ def cmd_verify_weights(args) -> int:
 
 # Feature modules that add their own subcommands: each defines `add_commands(sub, model_help)` and
 # keeps its top-level imports light (the CLI's start-up time is every command's start-up time).
-COMMAND_MODULES = ("cogkit.bench", "cogkit.snapshot_cli", "cogkit.ship", "cogkit.replicate_api", "cogkit.new",
-                   "cogkit.image_build", "cogkit.login",
+COMMAND_MODULES = ("cogkit.bench", "cogkit.snapshot_cli", "cogkit.ship.commands", "cogkit.replicate_api",
+                   "cogkit.new", "cogkit.image_build", "cogkit.ship.login",
                    "cogkit.cost", "cogkit.deploy")
 
 

@@ -12,7 +12,7 @@ from cogkit.weights import project_root
 
 def model_concurrency(model: str, root: Path | None = None) -> int:
     """`concurrency.max` of the model's overlay (models/cog/<model>.yaml), 1 when it sets none."""
-    from cogkit.ship_config import overlay_path, read_overlay
+    from cogkit.ship.config import overlay_path, read_overlay
 
     if not overlay_path(model, root).is_file():
         return 1

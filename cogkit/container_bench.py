@@ -45,7 +45,7 @@ def bench_container(model: str, runs: int, base: str | None, gpu: bool | None, l
     from cogkit.engine import find_engine
     from cogkit.image_build import build, image_size
     from cogkit.server import CogServer
-    from cogkit.ship_config import compose
+    from cogkit.ship.config import compose
     from cogkit.weights import project_root
     from cogkit.wheelhouse import download
     from models import get_model

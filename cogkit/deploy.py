@@ -29,7 +29,7 @@ def add_commands(sub, model_help: str) -> None:
 def pushed_version(model: str) -> tuple[str, str]:
     """(owner/name, version id) of the last push, from the model's lock."""
     from cogkit.cli import UsageError
-    from cogkit.ship import lock_path, parse_image, read_lock, ship_root
+    from cogkit.ship.commands import lock_path, parse_image, read_lock, ship_root
 
     root = ship_root()
     lock = read_lock(model, root)

@@ -181,7 +181,7 @@ def prepare_deps_context(context: Path, wheels: list[Path], requirements: Path, 
 
 
 def prepare_context(context: Path, model: str, root: Path, selection, schema: dict, text: str) -> None:
-    from cogkit.ship_config import render
+    from cogkit.ship.config import render
     from cogkit.weights import weights_dir
 
     if context.exists():
@@ -227,7 +227,7 @@ def build(model: str, tag: str | None = None, base: str | None = None, engine_na
           gpu: bool | None = None, root: Path | None = None, log=print, no_cache: bool = False) -> BuildResult:
     from cogkit.engine import find_engine
     from cogkit.schema import load_predictor_info, openapi_schema
-    from cogkit.ship_config import ShipError, select
+    from cogkit.ship.config import ShipError, select
     from cogkit.weights import project_root
     from cogkit.wheelhouse import download, torch_requirement
 

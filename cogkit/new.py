@@ -49,7 +49,7 @@ def class_name(name: str) -> str:
 def plan(name: str, kind: str, source: str | None, hardware: str | None, root: Path) -> dict[Path, str]:
     """Every file `cogkit new` writes (path -> full new content), after checking all of it: nothing is
     written when anything is wrong."""
-    from cogkit.ship_config import KNOWN_HARDWARE, overlay_path
+    from cogkit.ship.config import KNOWN_HARDWARE, overlay_path
 
     from models import ALIASES, KINDS, MODELS, REGISTRY_FILE
 
@@ -139,7 +139,7 @@ def fill(template: str, name: str) -> str:
 
 
 def write_all(files: dict[Path, str]) -> None:
-    from cogkit.ship_config import write_text_atomic
+    from cogkit.ship.config import write_text_atomic
 
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def write_all(files: dict[Path, str]) -> None:
 
 
 def cmd_new(args) -> int:
-    from cogkit.ship import console, say, ship_root
+    from cogkit.ship.commands import console, say, ship_root
 
     root = ship_root()
     try:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from cogkit.schema import load_predictor_info, openapi_schema
-from cogkit.ship_config import compose
+from cogkit.ship.config import compose
 from tests.fixtures_container import ROOT, project_copy
 
 FOX = "The quick brown fox jumps over the lazy dog."

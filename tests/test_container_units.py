@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from cogkit.image_build import concurrency, default_tag, dockerfile
-from cogkit.ship_config import compose
+from cogkit.ship.config import compose
 from cogkit.weights import project_root
 from cogkit.wheelhouse import torch_requirement
 

@@ -2,7 +2,7 @@
 
 import re
 
-from cogkit.ship_config import compose
+from cogkit.ship.config import compose
 from cogkit.weights import project_root
 from models import MODELS
 

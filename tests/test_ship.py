@@ -17,12 +17,12 @@ import wave
 import pytest
 import yaml
 
-from cogkit import ship
+from cogkit.ship import commands as ship
 from cogkit.schema import load_predictor_info, openapi_schema
-from cogkit.ship_compat import (NEW_REQUIRED, OUTPUT_CHANGE, REMOVED_CHOICE, REMOVED_INPUT, TIGHTENED,
+from cogkit.ship.compat import (NEW_REQUIRED, OUTPUT_CHANGE, REMOVED_CHOICE, REMOVED_INPUT, TIGHTENED,
                                 TYPE_CHANGE, breaking_changes)
-from cogkit.ship_config import ShipError, compose, config_problems, select
-from cogkit.ship_examples import declaration_problems, expectation_failures
+from cogkit.ship.config import ShipError, compose, config_problems, select
+from cogkit.ship.examples import declaration_problems, expectation_failures
 from models import MODELS
 from tests.conftest import ROOT
 
@@ -78,7 +78,7 @@ def test_committed_cog_yaml_is_the_default_models(tmp_path):
 
 
 def ship_render(model):
-    from cogkit.ship_config import render
+    from cogkit.ship.config import render
 
     return render(select(model, ROOT, write=False))
 
@@ -258,7 +258,7 @@ def test_check_flags_a_breaking_change_against_the_lock_and_allow_breaking_overr
 
 def test_write_lock_records_schema_version_and_breaking_reasons(tmp_path):
     root = make_scratch_root(tmp_path)
-    from cogkit.ship_compat import Violation
+    from cogkit.ship.compat import Violation
 
     ship.write_lock("llm", root, "r8.im/acme/llm", "abc", {"s": 1}, [], None)
     path = ship.write_lock("llm", root, "r8.im/acme/llm", "def", {"s": 2},

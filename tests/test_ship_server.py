@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from cogkit.schema import load_predictor_info, openapi_schema
-from cogkit.ship import run_checks
-from cogkit.ship_examples import run_examples
+from cogkit.ship.commands import run_checks
+from cogkit.ship.examples import run_examples
 from models import MODELS
 from tests.conftest import ROOT
 from tests.test_ship import LLM_OVERLAY, make_scratch_root

@@ -74,7 +74,7 @@ def read_lock(model: str, root: Path) -> dict | None:
 
 def check_schema(model: str, root: Path, run: CheckRun) -> Check:
     from cogkit.schema import load_predictor_info, openapi_schema
-    from cogkit.ship_config import ShipError, select
+    from cogkit.ship.config import ShipError, select
 
     try:
         run.selection = select(model, root, write=False)
@@ -88,7 +88,7 @@ def check_schema(model: str, root: Path, run: CheckRun) -> Check:
 
 
 def check_compat(model: str, root: Path, run: CheckRun, allow_breaking: str | None) -> Check:
-    from cogkit.ship_compat import breaking_changes
+    from cogkit.ship.compat import breaking_changes
 
     if run.schema is None:
         return Check("compat", False, ["skipped: no schema"], skipped=True)
@@ -121,7 +121,7 @@ def check_weights(model: str) -> Check:
 
 
 def check_examples(model: str, root: Path, run: CheckRun, weights_ok: bool, log) -> Check:
-    from cogkit.ship_examples import declaration_problems, run_examples
+    from cogkit.ship.examples import declaration_problems, run_examples
 
     examples = run.selection.examples if run.selection else []
     if run.schema is None:
@@ -228,7 +228,7 @@ class PreparedTree:
         self.saved: dict[Path, str | None] = {}
 
     def __enter__(self):
-        from cogkit.ship_config import write_text_atomic
+        from cogkit.ship.config import write_text_atomic
 
         for path, text in self.files.items():
             self.saved[path] = path.read_text() if path.is_file() else None
@@ -236,7 +236,7 @@ class PreparedTree:
         return self
 
     def __exit__(self, *exc):
-        from cogkit.ship_config import write_text_atomic
+        from cogkit.ship.config import write_text_atomic
 
         for path, text in self.saved.items():
             if text is None:
@@ -325,7 +325,7 @@ def print_checks(run: CheckRun, out) -> None:
 
 
 def cmd_select(args) -> int:
-    from cogkit.ship_config import ShipError, render, select
+    from cogkit.ship.config import ShipError, render, select
 
     from models import get_model
 
@@ -358,8 +358,8 @@ def cmd_check(args) -> int:
 
 
 def push_one(model: str, image: str, dry_run: bool, allow_breaking: str | None, out, options=None) -> int:
-    from cogkit import push_image
-    from cogkit.ship_config import render
+    from cogkit.ship import push_image
+    from cogkit.ship.config import render
 
     owner, name = parse_image(image)
     root = ship_root()

@@ -20,7 +20,7 @@ import wave
 from dataclasses import dataclass
 from pathlib import Path
 
-from cogkit.ship_config import ShipError
+from cogkit.ship.config import ShipError
 
 EXAMPLE_KEYS = {"name", "input", "expect"}
 EXPECT_KEYS = {"equals", "contains", "not_contains", "regex", "image", "audio", "field", "index"}
