@@ -257,7 +257,7 @@ class ImageRunner(BaseRunner):
         timer = SetupTimer()
         import torch
 
-        from cogkit.snapshot import Snapshot
+        from cogkit.snapshot import BootSnapshot
         from cogkit.weights import read_manifest
         from models.image import fastpath as image_fastpath
         from models.image.build import compiles_unet, compute_dtype, snapshot_extra
@@ -269,23 +269,19 @@ class ImageRunner(BaseRunner):
         dtype = compute_dtype(manifest["dtype"], dev)
         print(f"setup: weights {folder} ({manifest['dtype']}, from {manifest['source']}); "
               f"running in {dtype} on {dev}", flush=True)
-        use_snapshot = os.environ.get("COGKIT_SNAPSHOT", "1") == "1"
-        snapshot = Snapshot(folder, dev, extra=snapshot_extra(dev, folder))
-        restored = snapshot.restore() if use_snapshot else None
+        boot = BootSnapshot(folder, dev, lambda: snapshot_extra(dev, folder))
         # A snapshot with a fast path boots without diffusers/transformers (models/image/fastpath.py);
         # requests it does not serve load the full pipeline on first use.
-        fast, rerecord = image_fastpath.load(restored, dev, compiles_unet(dev),
+        fast, rerecord = image_fastpath.load(boot.restored, dev, compiles_unet(dev),
                                              full=lambda: self._full_generator(folder, dev, dtype))
-        if fast is not None and self._warm_up_fast(fast, restored, timer):
+        if fast is not None and self._warm_up_fast(fast, boot.restored, timer):
             self.images = fast
             self.setup_phases = timer.phases
             return
-        if fast is not None:
-            print("snapshot: warm-up picture differs from the snapshot's; discarding it", flush=True)
         if fast is not None or rerecord:
-            snapshot.discard()
-            restored = None
-        self._setup_full(folder, dev, dtype, snapshot, restored, use_snapshot, timer)
+            boot.discard("warm-up picture differs from the snapshot's; discarding it" if fast is not None
+                         else None)
+        self._setup_full(folder, dev, dtype, boot, timer)
 
     def _warm_up_fast(self, fast, restored, timer) -> bool:
         """Warm the fast path up; whether its picture is the one the snapshot recorded."""
@@ -315,7 +311,7 @@ class ImageRunner(BaseRunner):
         generator.optimise(compile_unet=False)
         return generator
 
-    def _setup_full(self, folder, dev, dtype, snapshot, restored, use_snapshot, timer) -> None:
+    def _setup_full(self, folder, dev, dtype, boot, timer) -> None:
         from cogkit.snapshot import use_compile_cache
         from models.image import fastpath as image_fastpath, snapshot as image_snapshot
         from models.image.build import compiles_unet
@@ -326,7 +322,7 @@ class ImageRunner(BaseRunner):
         pipe = load_pipeline(folder, dev, dtype)
         timer.done("load")
 
-        compile_cache = use_compile_cache(restored) if compiles_unet(dev) else None
+        compile_cache = use_compile_cache(boot.restored) if compiles_unet(dev) else None
         self.images = ImageGenerator(pipe, dev)
         if done := self.images.optimise(compile_unet=compile_cache is not None):
             print(f"setup: optimisations: {', '.join(done)}", flush=True)
@@ -334,19 +330,13 @@ class ImageRunner(BaseRunner):
         warm = self.images.generate(ImageRequest(prompt="warm-up", num_inference_steps=1, seed=0))
         timer.done("compile" if compile_cache is not None else "warmup")
 
-        recorded = image_snapshot.recorded_fingerprint(restored) if restored is not None else None
-        if restored is not None and recorded != image_snapshot.fingerprint(warm):
-            print("snapshot: warm-up picture differs from the snapshot's; discarding it", flush=True)
-            snapshot.discard()
-            restored = None
-        if restored is None and use_snapshot:
-            images = self.images
+        boot.check_warmup("fingerprint", image_snapshot.fingerprint(warm), "picture")
+        images = self.images
 
-            def fastpath(into):
-                image_fastpath.record(images, into, dev, compiled=compile_cache is not None)
+        def fastpath(into):
+            image_fastpath.record(images, into, dev, compiled=compile_cache is not None)
 
-            snapshot.save(image_snapshot.snapshot_filler(warm, timer.phases, compile_cache, fastpath))
-            timer.done("snapshot")
+        boot.record(image_snapshot.snapshot_filler(warm, timer.phases, compile_cache, fastpath), timer)
         self.setup_phases = timer.phases
 
     @checked_inputs
@@ -453,8 +443,9 @@ class WhisperRunner(BaseRunner):
         timer = SetupTimer()
         import faster_whisper  # noqa: F401 - CTranslate2, tokenizers, onnxruntime (VAD): timed as imports
 
+        from cogkit.snapshot import BootSnapshot, recorded_warmup, write_warmup
         from cogkit.weights import read_manifest
-        from models.audio.whisper import runtime_dtype
+        from models.audio.whisper import runtime_dtype, snapshot_extra
         from models.audio.whisper_runtime import Transcriber, runtime_device
 
         timer.done("imports")
@@ -465,22 +456,17 @@ class WhisperRunner(BaseRunner):
                   f"running {compute_type} on {dev}", flush=True)
         self.transcriber = Transcriber(folder, dev, compute_type)
         timer.done("load")
-        snap = self.snapshot(folder, dev)
-        if snap is not None and (restored := snap.restore()) is not None:
+        # The snapshot's key covers these weights, engine versions, compute type and CPU.
+        boot = BootSnapshot(folder, dev, lambda: snapshot_extra(dev))
+        if boot.restored is not None:
             # CTranslate2 has nothing to warm (its first call costs what later ones do), so the warm-up
             # only checks the model; the snapshot records that this key already passed that check.
-            from cogkit.snapshot import recorded_warmup
-
             print(f"setup: snapshot vouches for this model here (warm-up heard "
-                  f"{recorded_warmup(restored, 'text')!r}); skipping the warm-up", flush=True)
+                  f"{recorded_warmup(boot.restored, 'text')!r}); skipping the warm-up", flush=True)
         else:
             warm = self.warmup()
             timer.done("warmup")
-            if snap is not None:
-                from cogkit.snapshot import write_warmup
-
-                snap.save(lambda into: write_warmup(into, text=warm, phases=timer.phases))
-                timer.done("snapshot")
+            boot.record(lambda into: write_warmup(into, text=warm, phases=timer.phases), timer)
         self.setup_phases = timer.phases
 
     def weights(self) -> Path:
@@ -492,15 +478,6 @@ class WhisperRunner(BaseRunner):
         from models.audio.audio_io import read_audio
 
         return self.transcriber.transcribe(read_audio(FOX_CLIP).samples).text
-
-    def snapshot(self, folder: Path, dev: str):
-        """The snapshot for these weights, engine versions, compute type and CPU; None when off."""
-        if os.environ.get("COGKIT_SNAPSHOT", "1") != "1":
-            return None
-        from cogkit.snapshot import Snapshot
-        from models.audio.whisper import snapshot_extra
-
-        return Snapshot(folder, dev, snapshot_extra(dev))
 
     @checked_inputs
     def run(
@@ -579,8 +556,7 @@ class TTSRunner(BaseRunner):
         if (folder / "voice.onnx").is_file():
             from models.audio.snapshot import load_piper
 
-            self.synth, after_warmup = load_piper(folder, piper_device(),
-                                                  os.environ.get("COGKIT_SNAPSHOT", "1") == "1")
+            self.synth, after_warmup = load_piper(folder, piper_device())
         else:
             self.synth = load_synthesizer(folder)
         timer.done("load")

@@ -267,7 +267,7 @@ class __CLASS__(BaseRunner):
         timer = SetupTimer()  # prints where boot time goes; `cogkit bench boot` reads it
         import torch  # noqa: F401 - heavy imports inside setup(), timed as such
 
-        from cogkit.snapshot import Snapshot, recorded_warmup, write_warmup
+        from cogkit.snapshot import BootSnapshot, write_warmup
         from cogkit.weights import read_manifest
         from models.__MODULE__ import Model
 
@@ -279,16 +279,12 @@ class __CLASS__(BaseRunner):
         timer.done("load")
         warm = list(self.model.predict("warm-up"))  # first-call costs are paid here, not by a user
         timer.done("warmup")
-        if os.environ.get("COGKIT_SNAPSHOT", "1") == "1":
-            # The snapshot records the warm-up output: a later boot that computes something else knows
-            # the weights or code changed under the same key, and replaces it. Record here whatever
-            # else setup() would otherwise redo at every boot (compile caches, traced programs).
-            snapshot = Snapshot(folder, dev)
-            restored = snapshot.restore()
-            if restored is None or recorded_warmup(restored, "output") != warm:
-                snapshot.discard()
-                snapshot.save(lambda into: write_warmup(into, output=warm, phases=timer.phases))
-                timer.done("snapshot")
+        # The snapshot records the warm-up output: a later boot that computes something else knows
+        # the weights or code changed under the same key, and replaces it. Record here whatever
+        # else setup() would otherwise redo at every boot (compile caches, traced programs).
+        boot = BootSnapshot(folder, dev)  # COGKIT_SNAPSHOT=0: neither read nor written
+        boot.check_warmup("output", warm)
+        boot.record(lambda into: write_warmup(into, output=warm, phases=timer.phases), timer)
         self.setup_phases = timer.phases
 
     @checked_inputs  # cogkit/inputs.py: file inputs only as sent (never a server path), exact integers

@@ -161,6 +161,60 @@ class Snapshot:
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
+def snapshots_enabled() -> bool:
+    """COGKIT_SNAPSHOT=0 boots without reading or writing a snapshot (`cogkit bench boot` variant (b))."""
+    return os.environ.get("COGKIT_SNAPSHOT", "1") == "1"
+
+
+class BootSnapshot:
+    """The snapshot part of a predictor's setup(), the same for every model:
+
+        boot = BootSnapshot(folder, dev, extra)   # restores the snapshot for this key, if intact
+        ... load, warm up (boot.restored holds the snapshot's files, or None) ...
+        boot.check_warmup("tokens", warm, "output")   # a different warm-up: the snapshot is replaced
+        boot.record(fill, timer)                  # no (valid) snapshot: record this boot's
+
+    With COGKIT_SNAPSHOT=0 (or enabled=False) nothing is read or written and `extra` is not called."""
+
+    def __init__(self, folder: Path, device: str, extra: dict | Callable[[], dict] | None = None,
+                 enabled: bool | None = None, log: Callable[[str], None] = lambda m: print(m, flush=True)):
+        self.enabled = snapshots_enabled() if enabled is None else enabled
+        self.log = log
+        self.snapshot = self.restored = None
+        if self.enabled:
+            self.snapshot = Snapshot(folder, device, extra() if callable(extra) else extra, log=log)
+            self.restored = self.snapshot.restore()
+
+    def discard(self, reason: str | None = None) -> None:
+        """Drop the restored snapshot (logging `reason`); record() then writes a new one."""
+        if reason:
+            self.log(f"snapshot: {reason}")
+        if self.snapshot is not None:
+            self.snapshot.discard()
+        self.restored = None
+
+    def check_warmup(self, field: str, warm, what: str = "output") -> bool:
+        """Whether the restored snapshot recorded this warm-up `field` as `warm`. When it recorded
+        something else, the snapshot no longer describes this model: it is discarded."""
+        if self.restored is None:
+            return False
+        if recorded_warmup(self.restored, field) == warm:
+            return True
+        self.discard(f"warm-up {what} differs from the snapshot's; discarding it")
+        return False
+
+    def save(self, fill: Callable[[Path], None]) -> bool:
+        """Record a snapshot now (`fill(folder)` writes its files); never raises."""
+        return self.snapshot is not None and self.snapshot.save(fill)
+
+    def record(self, fill: Callable[[Path], None], timer=None) -> None:
+        """After a boot that restored no (valid) snapshot: record this one, timed as phase "snapshot"."""
+        if self.enabled and self.restored is None:
+            self.save(fill)
+            if timer is not None:
+                timer.done("snapshot")
+
+
 # ---------------------------------------------------------------- warm-up records
 
 WARMUP_FILE = "warmup.json"

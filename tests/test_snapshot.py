@@ -136,3 +136,38 @@ def test_save_failure_never_raises(tmp_path, weights_root):
     assert snap.save(broken_fill) is False
     assert not snap.path.exists()
     assert [p for p in snap.root.iterdir()] == []
+
+
+def test_boot_snapshot_records_checks_the_warmup_and_replaces_a_disagreeing_one(weights_root, monkeypatch):
+    """The dance every predictor's setup() shares (cogkit.snapshot.BootSnapshot), in process."""
+    from cogkit.snapshot import BootSnapshot, write_warmup
+
+    folder, logs, extra_calls = weights_root / "llm", [], []
+
+    def extra():
+        extra_calls.append(1)
+        return {"engine": "test"}
+
+    monkeypatch.setenv("COGKIT_SNAPSHOT", "0")
+    off = BootSnapshot(folder, "cpu", extra, log=logs.append)
+    off.record(lambda into: write_warmup(into, output="a"))
+    assert (off.enabled, off.restored, extra_calls, logs) == (False, None, [], [])
+    assert not (folder / "snapshot").exists()  # nothing read, nothing written
+
+    monkeypatch.setenv("COGKIT_SNAPSHOT", "1")
+    first = BootSnapshot(folder, "cpu", extra, log=logs.append)
+    assert first.restored is None and not first.check_warmup("output", "a")
+    first.record(lambda into: write_warmup(into, output="a"))
+    [key] = snapshot_dirs(weights_root)
+
+    same = BootSnapshot(folder, "cpu", extra, log=logs.append)
+    assert same.restored is not None and same.check_warmup("output", "a")
+    same.record(lambda into: write_warmup(into, output="never written"))  # restored: nothing to record
+    assert json.loads((folder / "snapshot" / key / "warmup.json").read_text()) == {"output": "a"}
+
+    other = BootSnapshot(folder, "cpu", extra, log=logs.append)
+    assert not other.check_warmup("output", "b", "text")
+    assert other.restored is None and snapshot_dirs(weights_root) == []
+    assert logs[-1] == "snapshot: warm-up text differs from the snapshot's; discarding it"
+    other.record(lambda into: write_warmup(into, output="b"))
+    assert json.loads((folder / "snapshot" / key / "warmup.json").read_text()) == {"output": "b"}

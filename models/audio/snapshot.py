@@ -32,33 +32,34 @@ def audio_fingerprint(samples) -> str:
     return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
 
 
-def load_piper(folder: Path, device: str, use_snapshot: bool, log=lambda m: print(m, flush=True)):
+def load_piper(folder: Path, device: str, use_snapshot: bool | None = None,
+               log=lambda m: print(m, flush=True)):
     """The voice's synthesizer and a function to call with the warm-up's samples.
 
     With a snapshot for this key, the session loads the optimised graph it holds with optimisation
     off; the warm-up must then sound exactly as recorded, else the snapshot is discarded and the voice
     reloaded from voice.onnx (the function returns the replacement). Without one, onnxruntime writes
-    its optimised graph while it builds the session, and the function records it with the warm-up."""
+    its optimised graph while it builds the session, and the function records it with the warm-up.
+    `use_snapshot`: None follows COGKIT_SNAPSHOT."""
     import shutil
     import tempfile
 
-    from cogkit.snapshot import Snapshot, recorded_warmup, write_warmup
+    from cogkit.snapshot import BootSnapshot, recorded_warmup, write_warmup
     from models.audio.tts import PiperSynthesizer, onnx_session, snapshot_extra
 
     onnx = Path(folder) / "voice.onnx"
-    if not use_snapshot:
+    boot = BootSnapshot(folder, device, lambda: snapshot_extra(device), enabled=use_snapshot, log=log)
+    if not boot.enabled:
         return PiperSynthesizer(onnx, device), lambda samples: None
-    snap = Snapshot(folder, device, snapshot_extra(device), log=log)
-    restored = snap.restore()
+    restored = boot.restored
     if restored is not None and (restored / OPTIMIZED_GRAPH).is_file():
         synth = PiperSynthesizer(onnx, device, onnx_session(restored / OPTIMIZED_GRAPH, device, optimized=True))
 
         def check(samples):
             if recorded_warmup(restored, "audio_sha256") == audio_fingerprint(samples):
                 return None
-            log("snapshot: the optimised graph's warm-up audio differs from the recording; discarding it "
-                "and reloading the voice")
-            snap.discard()
+            boot.discard("the optimised graph's warm-up audio differs from the recording; discarding it "
+                         "and reloading the voice")
             return PiperSynthesizer(onnx, device)
 
         return synth, check
@@ -70,7 +71,7 @@ def load_piper(folder: Path, device: str, use_snapshot: bool, log=lambda m: prin
             shutil.copyfile(scratch, into / OPTIMIZED_GRAPH)
             write_warmup(into, audio_sha256=audio_fingerprint(samples))
 
-        snap.save(fill)
+        boot.save(fill)
         shutil.rmtree(scratch.parent, ignore_errors=True)
         return None
 
