@@ -369,6 +369,17 @@ def _install_int8(model: Llama, state: dict) -> None:
         setattr(parent, child, Int8Linear(state.pop(f"{name}.weight"), state.pop(f"{name}.scale"), bias))
 
 
+def column_major_weights(model: Llama) -> None:
+    """Store each float Linear weight transposed in memory ([in, out] contiguous; `weight` stays the
+    usual [out, in] view of it). On CPU, MKL's GEMM for a few rows (a decode step of 8 sequences)
+    runs about 2x faster on that layout than on the checkpoint's (measured on SmolLM2-135M's shapes,
+    one thread: gate_up 8 rows 760 -> 300 us); results are the same to float rounding. A tied output
+    head gets its own copy (the embedding lookup keeps the row layout)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.weight.is_floating_point():
+            module.weight = nn.Parameter(module.weight.t().contiguous().t(), requires_grad=False)
+
+
 def load_llama(folder: Path, device: str | torch.device = "cpu") -> Llama:
     """Build the model on `meta` and assign the tensors of `folder/model.safetensors` as they are.
     An int8 build (`.scale` tensors beside int8 weights) gets Int8Linear layers on CPU; elsewhere its
@@ -392,4 +403,6 @@ def load_llama(folder: Path, device: str | torch.device = "cpu") -> Llama:
     if cfg.tie_word_embeddings and "lm_head.weight" not in state and isinstance(model.lm_head, Linear):
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
+    if torch.device(device).type == "cpu":
+        column_major_weights(model)
     return model.eval().requires_grad_(False)
