@@ -27,6 +27,15 @@ def test_logits_match_transformers(tiny_llm_source, tiny_weights_root):
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
 
 
+def test_cpu_linear_weights_are_column_major(tiny_weights_root):
+    model = load_llama(tiny_weights_root / "llm")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.t().is_contiguous() for m in linears)
+    assert model.model.embed_tokens.weight.is_contiguous()  # the row lookup keeps its layout
+    if model.cfg.tie_word_embeddings:
+        assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+
+
 def test_incremental_decoding_matches_full_forward(tiny_weights_root):
     model = load_llama(tiny_weights_root / "llm")
     model.setup_cache(32)
