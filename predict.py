@@ -3,6 +3,7 @@
 Heavy imports (torch, the model code) happen in setup(), so that describing the inputs stays cheap.
 """
 
+import contextvars
 import json
 import os
 import random
@@ -176,16 +177,17 @@ class LLMRunner(BaseRunner):
         # This prediction's scope, taken here where coglet has set it: at concurrency > 1 coglet
         # iterates the returned stream on a thread of its own, where `self.record_metric` would
         # reach another prediction's scope (or none) and its metrics would be lost or misplaced.
-        return self._stream(prompt_ids, sampling, stops, current_scope())
+        return self._stream(prompt_ids, sampling, stops, current_scope(), STREAM_STOP.get())
 
-    def _stream(self, prompt_ids, sampling, stops, scope):
+    def _stream(self, prompt_ids, sampling, stops, scope, stop=None):
         from models.llm.text_generation import GenerationStats
 
         stats = GenerationStats()
         try:
             # The engine batches this request with the others in flight. When coglet cancels the
-            # prediction (an exception raised in this generator), closing it drops the request.
-            yield from self.llm.generate(prompt_ids, sampling, stops, stats)
+            # prediction (at concurrency 1 an exception raised in this generator; above, `stop`
+            # set by concurrent_run's hook), the generator ends and the engine drops the request.
+            yield from self.llm.generate(prompt_ids, sampling, stops, stats, stop)
         finally:
             scope.record_metric("input_token_count", stats.input_tokens)
             scope.record_metric("output_token_count", stats.output_tokens)
@@ -195,16 +197,23 @@ class LLMRunner(BaseRunner):
             scope.record_metric("stop_reason", stats.stop_reason)
 
 
+# The event that stops this prediction's token stream early (set by concurrent_run on cancel).
+STREAM_STOP: contextvars.ContextVar = contextvars.ContextVar("cogkit_stream_stop", default=None)
+
+
 def concurrent_run(run):
     """coglet (0.23) runs predictions side by side only for an `async def run`. An async generator's
     output would reach the client only at the end (coglet collects it), but a coroutine that returns
     a plain generator streams, each iterated on its own thread. So: the same run(), as a coroutine
-    (its prompt counting off the event loop) returning the token stream. Caveat, measured: coglet
-    does not deliver a cancel to such a returned stream, so at concurrency > 1 a cancelled
-    prediction runs to its token limit (see README, "LLM serving")."""
+    (its prompt counting off the event loop) returning the token stream. coglet delivers no cancel
+    to such a returned stream (it only calls cancel() on the coroutine's finished future), so the
+    wrapper hooks that call (cogkit.coglet_cancel) to set an event the stream watches."""
     import asyncio
     import functools
     import inspect
+    import threading
+
+    from cogkit.coglet_cancel import on_cancel
 
     # coglet passes only the inputs a request gave; the Input() defaults are filled in here.
     defaults = {name: getattr(p.default, "default", p.default)
@@ -212,6 +221,10 @@ def concurrent_run(run):
 
     @functools.wraps(run)
     async def run_async(self, **inputs):
+        stop = threading.Event()
+        if not on_cancel(stop.set):
+            print("warning: cannot hear coglet's cancel; a cancelled stream runs to its end", flush=True)
+        STREAM_STOP.set(stop)  # to_thread copies this context into run()
         return await asyncio.to_thread(run, self, **{**defaults, **inputs})
 
     return run_async

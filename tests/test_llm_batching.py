@@ -150,8 +150,7 @@ def test_sixteen_streams_sixty_four_requests_lose_nothing(endless_llm_server, en
 
 def test_cancel_takes_effect_within_a_second(endless_llm_server_single):
     """At concurrency 1 coglet raises its cancel in the generator; the engine drops the request at
-    its next step. (At concurrency > 1 coglet 0.23 does not deliver cancels to a returned stream:
-    the engine side of that is test_closing_one_generation_leaves_the_others_running.)"""
+    its next step. (At concurrency > 1: test_cancel_mid_batch_stops_that_stream_only.)"""
     server = endless_llm_server_single
     pid, events = uuid.uuid4().hex, []
 
@@ -171,6 +170,51 @@ def test_cancel_takes_effect_within_a_second(endless_llm_server_single):
     assert done_at - asked < 5  # ~0.01 s measured; generous for a loaded machine
     assert len(final["output"] or []) < 2000
     assert stream_text(server, {"prompt": "Hi", "max_new_tokens": 3, "temperature": 0})[1]["status"] == "succeeded"
+
+
+def test_cancel_mid_batch_stops_that_stream_only(endless_llm_server, endless):
+    """At concurrency > 1 coglet iterates the stream run() returned after its coroutine finished and
+    delivers no cancel to it; concurrent_run hooks coglet's cancel (cogkit.coglet_cancel) so that
+    the stream ends and the engine drops the request, while the other stream runs on unchanged."""
+    server, cut_id, keep_id = endless_llm_server, uuid.uuid4().hex, uuid.uuid4().hex
+    keep_inputs = {"prompt": PROMPTS[1], "max_new_tokens": 120, "temperature": 0}
+    want = generate_alone(endless, [PROMPTS[1]], [Sampling(max_new_tokens=120, temperature=0)])[0][0]
+    events = {cut_id: [], keep_id: []}
+
+    def consume(pid, inputs):
+        for event in server.stream(inputs, pid):
+            events[pid].append((time.monotonic(), event))
+
+    def outputs(pid):
+        return sum(1 for _, (e, _) in list(events[pid]) if e == "output")
+
+    readers = [threading.Thread(target=consume, args=(cut_id, {"prompt": "Go on", "max_new_tokens": 2000,
+                                                                  "temperature": 0})),
+               threading.Thread(target=consume, args=(keep_id, keep_inputs))]
+    for reader in readers:
+        reader.start()
+    deadline = time.monotonic() + 120
+    while (outputs(cut_id) < 3 or outputs(keep_id) < 1) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    asked, kept_before = time.monotonic(), outputs(keep_id)
+    assert CogServer.cancel(server, cut_id) == 200
+    for reader in readers:
+        reader.join(timeout=120)
+    done_at, (kind, final) = events[cut_id][-1]
+    assert kind == "completed" and final["status"] == "canceled"
+    assert done_at - asked < 10  # ~0.1 s expected; generous for a loaded machine
+    # The generation itself stopped (coglet forwards everything a stream yields, so without the
+    # hook all 2000 tokens would arrive, after `canceled` was reported).
+    assert outputs(cut_id) < 200
+    _, (kind, kept) = events[keep_id][-1]
+    assert kind == "completed" and kept["status"] == "succeeded", kept
+    assert "".join(kept["output"]) == want
+    assert kept_before < 120 and kept["metrics"]["output_token_count"] == 120  # it ran on after the cancel
+    # The cancelled request's batch slot is free again: all 16 slots serve at once.
+    with ThreadPoolExecutor(16) as pool:
+        finals = list(pool.map(lambda i: stream_text(server, {"prompt": f"Hi {i}", "max_new_tokens": 4,
+                                                              "temperature": 0})[1], range(16)))
+    assert all(f["status"] == "succeeded" for f in finals)
 
 
 def test_huge_prompt_fails_fast_through_the_server(endless_llm_server):

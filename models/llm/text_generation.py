@@ -5,6 +5,7 @@ Runs on torch, `tokenizers` and jinja2 only; transformers is needed to build wei
 
 import json
 import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,14 +189,17 @@ class TextGenerator:
         return Request(prompt_ids, sampling, stop_sequences, emit, stats)
 
     def generate(self, prompt_ids: list[int], sampling: Sampling, stop_sequences: list[str],
-                 stats: GenerationStats) -> Iterator[str]:
+                 stats: GenerationStats, stop: threading.Event | None = None) -> Iterator[str]:
         """Yield text pieces as tokens are produced; `stats` is filled in as it goes. Closing the
-        iterator early cancels the generation."""
+        iterator early, or setting `stop` (from any thread), cancels the generation."""
         events: queue.SimpleQueue = queue.SimpleQueue()
         req = self.request(prompt_ids, sampling, stop_sequences, stats, events.put)
         self.engine.submit(req)
         try:
             while True:
+                if stop is not None and stop.is_set():
+                    stats.stop_reason = "canceled"
+                    return
                 try:  # a short wait, so that an exception coglet raises in this thread (cancel) lands
                     kind, value = events.get(timeout=0.1)
                 except queue.Empty:
