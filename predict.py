@@ -86,11 +86,10 @@ class LLMRunner(BaseRunner):
         timer = SetupTimer()
         import torch
 
-        from cogkit.snapshot import (Snapshot, recorded_warmup, save_compile_cache, use_compile_cache,
-                                     write_warmup)
+        from cogkit.snapshot import BootSnapshot, save_compile_cache, use_compile_cache, write_warmup
         from cogkit.weights import read_manifest
-        from models.llm import compile_enabled, snapshot_extra
-        from models.text_generation import TextGenerator
+        from models.llm.build import compile_enabled, snapshot_extra
+        from models.llm.text_generation import TextGenerator
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
         timer.done("imports")
@@ -103,30 +102,24 @@ class LLMRunner(BaseRunner):
         print(f"setup: up to {max_batch} concurrent generations", flush=True)
         timer.done("load")
 
-        snapshot = Snapshot(folder, dev, extra=snapshot_extra(dev))
-        restored = snapshot.restore() if os.environ.get("COGKIT_SNAPSHOT", "1") == "1" else None
+        boot = BootSnapshot(folder, dev, lambda: snapshot_extra(dev))
         compile_cache = None
         if compile_enabled(dev):
-            compile_cache = use_compile_cache(restored)
+            compile_cache = use_compile_cache(boot.restored)
             self.llm.compile_decode()
             self.llm.warmup()  # the first call compiles
             timer.done("compile")
         warm_tokens = self.llm.warmup()
         timer.done("warmup")
 
-        if restored is not None and recorded_warmup(restored, "tokens") != warm_tokens:
-            # The snapshot no longer describes this model: replace it.
-            print("snapshot: warm-up output differs from the snapshot's; discarding it", flush=True)
-            snapshot.discard()
-            restored = None
-        if restored is None and os.environ.get("COGKIT_SNAPSHOT", "1") == "1":
-            def fill(into: Path) -> None:
-                write_warmup(into, tokens=warm_tokens, phases=timer.phases)
-                if compile_cache is not None:
-                    save_compile_cache(compile_cache, into)
+        boot.check_warmup("tokens", warm_tokens)  # other tokens: the snapshot no longer describes this model
 
-            snapshot.save(fill)
-            timer.done("snapshot")
+        def fill(into: Path) -> None:
+            write_warmup(into, tokens=warm_tokens, phases=timer.phases)
+            if compile_cache is not None:
+                save_compile_cache(compile_cache, into)
+
+        boot.record(fill, timer)
         self.setup_phases = timer.phases
 
     @checked_inputs
@@ -169,8 +162,8 @@ class LLMRunner(BaseRunner):
             default=None,
         ),
     ) -> ConcatenateIterator[str]:
-        from models.chat_messages import parse_messages
-        from models.text_generation import Sampling
+        from models.llm.chat_messages import parse_messages
+        from models.llm.text_generation import Sampling
 
         if seed is None:
             seed = random.SystemRandom().randrange(2**31)
@@ -187,7 +180,7 @@ class LLMRunner(BaseRunner):
         return self._stream(prompt_ids, sampling, stops, current_scope(), STREAM_STOP.get())
 
     def _stream(self, prompt_ids, sampling, stops, scope, stop=None):
-        from models.text_generation import GenerationStats
+        from models.llm.text_generation import GenerationStats
 
         stats = GenerationStats()
         try:

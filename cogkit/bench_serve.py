@@ -77,7 +77,7 @@ def export_hf_folder(folder: Path) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from models.llama import LlamaConfig, split_projections
+    from models.llm.llama import LlamaConfig, split_projections
 
     manifest = json.loads((folder / "manifest.json").read_text())
     key = manifest["files"]["model.safetensors"]["sha256"][:12]
@@ -184,11 +184,11 @@ def cmd_bench_serve(args) -> int:
 
 
 def prompt_ids(folder: Path, prompts: list[str]) -> list[list[int]]:
-    from models.text_generation import TextGenerator
+    from models.llm.text_generation import TextGenerator
 
     gen = _generators.get(folder) or _generators.setdefault(folder, TextGenerator.__new__(TextGenerator))
     if not hasattr(gen, "tokenizer"):
-        from models.chat_template import ChatTemplate
+        from models.llm.chat_template import ChatTemplate
         from tokenizers import Tokenizer
 
         gen.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))

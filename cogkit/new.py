@@ -70,7 +70,7 @@ def plan(name: str, kind: str, source: str | None, hardware: str | None, root: P
 
     if kind == "llm" and source and (Path(source).expanduser() / "config.json").is_file():
         # A local checkpoint the LLM predictor cannot run is refused now, not at the first build.
-        from models.llm_families import UnsupportedModelError, check_supported
+        from models.llm.families import UnsupportedModelError, check_supported
 
         config = Path(source).expanduser() / "config.json"
         try:

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 import os
 import torch
-from models.text_generation import GenerationStats, Sampling, TextGenerator
+from models.llm.text_generation import GenerationStats, Sampling, TextGenerator
 
 folder = Path(os.environ["COGKIT_WEIGHTS_DIR"]) / "llm"
 prompts = ["What is the capital of France?", "Write a haiku about rain.", "Explain gravity.", "Count to ten."]

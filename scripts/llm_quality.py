@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from models.text_generation import GenerationStats, Sampling, TextGenerator  # noqa: E402
+from models.llm.text_generation import GenerationStats, Sampling, TextGenerator  # noqa: E402
 
 TEXT = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is "
         "named after the engineer Gustave Eiffel, whose company designed and built the tower from 1887 "

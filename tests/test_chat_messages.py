@@ -1,11 +1,11 @@
-"""The LLM predictor's optional `messages` input (models/chat_messages.py) and how it reaches the
+"""The LLM predictor's optional `messages` input (models/llm/chat_messages.py) and how it reaches the
 chat template."""
 
 import json
 
 import pytest
 
-from models.chat_messages import parse_messages
+from models.llm.chat_messages import parse_messages
 
 TURNS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
          {"role": "assistant", "content": "Hello!"}]
@@ -35,7 +35,7 @@ def test_system_in_both_places_is_refused():
 
 
 def test_history_goes_through_the_chat_template(tiny_weights_root):
-    from models.text_generation import TextGenerator
+    from models.llm.text_generation import TextGenerator
 
     generator = TextGenerator(tiny_weights_root / "llm")
     text = generator.format_prompt("And then?", None, TURNS)

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from cogkit.server import CogServer
-from models.text_generation import GenerationStats, Sampling, TextGenerator
+from models.llm.text_generation import GenerationStats, Sampling, TextGenerator
 
 PROMPTS = ["Hello there", "Tell me about Paris", "Numbers", "The quick brown fox", "Cog packages models",
            "How are you today?", "A", "Punctuation , . ; : ! ?"]

@@ -9,9 +9,9 @@ import torch
 
 from cogkit.build import build_weights
 from cogkit.sources import SourceError
-from models.llama import load_llama
-from models.llm_families import UnsupportedModelError, inv_frequencies, rope_parameters
-from models.text_generation import GenerationStats, Sampling, TextGenerator
+from models.llm.llama import load_llama
+from models.llm.families import UnsupportedModelError, inv_frequencies, rope_parameters
+from models.llm.text_generation import GenerationStats, Sampling, TextGenerator
 from tests.tiny_llms import FAMILIES, make_hub_cache, make_tiny_checkpoint
 
 IDS = [5, 17, 42, 99, 3, 250, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 30, 31, 32, 33, 34, 35, 36, 37]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from cogkit.build import build_weights
-from models.llama import Int8Linear, Linear, load_llama
-from models.text_generation import GenerationStats, Sampling, TextGenerator
+from models.llm.llama import Int8Linear, Linear, load_llama
+from models.llm.text_generation import GenerationStats, Sampling, TextGenerator
 
 
 @pytest.fixture(scope="module")

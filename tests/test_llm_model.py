@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from models.llama import load_llama
-from models.llm import unpermute_rope
-from models.text_generation import (GenerationStats, PromptTooLongError, Sampling, TextGenerator,
+from models.llm.llama import load_llama
+from models.llm.build import unpermute_rope
+from models.llm.text_generation import (GenerationStats, PromptTooLongError, Sampling, TextGenerator,
                                     TextStream, stop_prefix_len)
 
 

@@ -47,6 +47,7 @@ def test_every_kind_is_a_registry_entry_and_an_overlay_that_selects(project):
     ("llm --kind llm", "there is already a model called that"),
     ("asr --kind whisper", "there is already a model called that"),
     ("other --kind llm --hardware gpu-x9", "hardware 'gpu-x9': Replicate offers cpu, gpu-t4"),
+    ("audio --kind custom", "models/audio already exists"),  # models/audio.py would lose to the package
 ])
 def test_refusals_name_the_problem_and_write_nothing(project, args, message):
     before = sorted(p.relative_to(project) for p in project.rglob("*") if p.is_file())

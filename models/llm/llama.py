@@ -1,7 +1,7 @@
 """A small Llama decoder in plain PyTorch, in the spirit of gpt-fast, built for batched decoding.
 
 The same decoder runs Mistral, Qwen2/2.5 and Qwen3: what differs between the families (biases, q/k
-norms, sliding windows, rope scaling) is read from config.json by `models/llm_families.py`.
+norms, sliding windows, rope scaling) is read from config.json by `models/llm/families.py`.
 Parameter names follow Hugging Face's `LlamaForCausalLM`, except that the query/key/value projections
 are one `qkv_proj` and the MLP's gate/up projections one `gate_up_proj` (as in Phi-3): one matmul
 instead of three (two) per layer. The build step stores them fused; `fuse_projections` also fuses an
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.llm_families import inv_frequencies
+from models.llm.families import inv_frequencies
 
 
 @dataclass
@@ -56,7 +56,7 @@ class LlamaConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> "LlamaConfig":
-        from models.llm_families import config_fields
+        from models.llm.families import config_fields
 
         return cls(**config_fields(json.loads(Path(path).read_text())))
 

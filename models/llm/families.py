@@ -66,7 +66,7 @@ def rope_parameters(raw: dict) -> dict:
 
 
 def config_fields(raw: dict) -> dict:
-    """The runtime config (keyword arguments of `models.llama.LlamaConfig`) of a supported family."""
+    """The runtime config (keyword arguments of `models.llm.llama.LlamaConfig`) of a supported family."""
     model_type = check_supported(raw)
     heads = raw["num_attention_heads"]
     layers = raw["num_hidden_layers"]

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from models.chat_template import ChatTemplate
-from models.llama import Llama, load_llama
+from models.llm.chat_template import ChatTemplate
+from models.llm.llama import Llama, load_llama
 
 
 class PromptTooLongError(ValueError):
@@ -113,7 +113,7 @@ class TextGenerator:
     batching engine that runs its generations (up to `max_batch` at once)."""
 
     def __init__(self, folder: Path, device: str = "cpu", max_batch: int = 1):
-        from models.llm_engine import BatchEngine
+        from models.llm.engine import BatchEngine
 
         folder = Path(folder)
         self.model: Llama = load_llama(folder, device)
@@ -184,7 +184,7 @@ class TextGenerator:
 
     def request(self, prompt_ids: list[int], sampling: Sampling, stop_sequences: list[str],
                 stats: GenerationStats, emit):
-        from models.llm_engine import Request
+        from models.llm.engine import Request
 
         return Request(prompt_ids, sampling, stop_sequences, emit, stats)
 

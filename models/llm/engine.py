@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models.text_generation import GenerationStats, PromptTooLongError, Sampling, TextStream, pick_next_token
+from models.llm.text_generation import GenerationStats, PromptTooLongError, Sampling, TextStream, pick_next_token
 
 # Prompt tokens per prefill forward: bounds how long the other streams (and a cancel) wait.
 PREFILL_CHUNK = 128

