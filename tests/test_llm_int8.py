@@ -2,12 +2,13 @@
 as int8 GEMM layers without conversion work, close to the float32 model."""
 
 import json
+import threading
 
 import pytest
 import torch
 
 from cogkit.build import build_weights
-from models.llm.llama import Int8Linear, Linear, load_llama
+from models.llm.llama import Int8Linear, load_llama
 from models.llm.text_generation import GenerationStats, Sampling, TextGenerator
 
 
@@ -27,9 +28,9 @@ def test_int8_build_stores_int8_rows_and_scales(int8_folder):
         assert f.get_tensor("model.layers.0.self_attn.qkv_proj.weight").dtype == torch.int8
         assert f.get_tensor("model.layers.0.self_attn.qkv_proj.scale").dtype == torch.float32
         assert f.get_tensor("lm_head.weight").dtype == torch.int8  # the tied head gets its own int8 copy
-        assert f.get_tensor("model.layers.0.mlp.down_proj.weight").dtype == torch.float32  # FLOAT_IN_INT8
+        assert f.get_tensor("model.layers.0.mlp.down_proj.weight").dtype == torch.int8
         assert f.get_tensor("model.embed_tokens.weight").dtype == torch.float32
-    assert "model.layers.0.mlp.down_proj.scale" not in names
+    assert "model.layers.0.mlp.down_proj.scale" in names
     assert json.loads((int8_folder / "config.json").read_text())["torch_dtype"] == "int8"
 
 
@@ -37,7 +38,8 @@ def test_int8_model_loads_int8_layers_and_stays_close_to_float32(int8_folder, ti
     q, f = load_llama(int8_folder), load_llama(tiny_weights_root / "llm")
     assert isinstance(q.model.layers[0].self_attn.qkv_proj, Int8Linear)
     assert isinstance(q.lm_head, Int8Linear)
-    assert isinstance(q.model.layers[0].mlp.down_proj, Linear)
+    assert isinstance(q.model.layers[0].mlp.down_proj, Int8Linear)
+    assert q.rows_independent and not f.rows_independent
     ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8]])
     q.setup_cache(16), f.setup_cache(16)
     with torch.inference_mode():
@@ -54,3 +56,51 @@ def test_int8_generates_through_the_batching_engine(int8_folder):
     text = "".join(gen.generate(gen.encode(gen.format_prompt("Hello", None)),
                                 Sampling(max_new_tokens=8, temperature=0), [], stats))
     assert stats.output_tokens >= 1 and isinstance(text, str)
+
+
+def test_int8_linear_row_is_bit_identical_alone_and_in_any_batch():
+    # fbgemm quantises a call's activations with one scale; Int8Linear pins every row's range to
+    # [-1, 1] so that a row's result cannot depend on the other rows of the batch.
+    from models.llm.llama import quantize_int8
+
+    gen = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(48, 64, generator=gen), torch.randn(48, generator=gen)
+    layer = Int8Linear(*quantize_int8(weight), bias)
+    row = torch.randn(1, 64, generator=gen) * 3
+    alone = layer(row)[0]
+    for batch in (2, 8, 16):
+        # Batch-mates with far larger and far smaller ranges than the row's own.
+        others = torch.randn(batch - 1, 64, generator=gen) * torch.logspace(-3, 3, batch - 1)[:, None]
+        for at in (0, batch - 1):
+            y = layer(torch.cat((others[:at], row, others[at:])))
+            assert torch.equal(y[at], alone), (batch, at)
+    exact = row @ (quantize_int8(weight)[0].float() * quantize_int8(weight)[1][:, None]).T + bias
+    assert torch.allclose(alone, exact[0], rtol=0.05, atol=0.05 * exact.abs().max().item())
+
+
+def test_int8_greedy_text_is_the_same_batched_as_alone(int8_folder):
+    prompts = ["Hello there", "Tell me about Paris", "Numbers", "The quick brown fox", "Cog packages models",
+               "How are you today?", "A", "Punctuation , . ; : ! ?"]
+    samplings = [Sampling(max_new_tokens=10 + 3 * i, temperature=0) for i in range(len(prompts))]
+    single = TextGenerator(int8_folder, max_batch=1)
+    alone = []
+    for prompt, sampling in zip(prompts, samplings, strict=True):
+        stats = GenerationStats()
+        "".join(single.generate(single.encode(single.format_prompt(prompt, None)), sampling, [], stats))
+        alone.append(stats.token_ids)
+
+    gen = TextGenerator(int8_folder, max_batch=8)
+    together = [None] * len(prompts)
+
+    def one(i):
+        stats = GenerationStats()
+        "".join(gen.generate(gen.encode(gen.format_prompt(prompts[i], None)), samplings[i], [], stats))
+        together[i] = stats.token_ids
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert max(gen.engine.batch_sizes) >= 4  # they really ran in one batch
+    assert together == alone

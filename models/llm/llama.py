@@ -119,20 +119,40 @@ class Linear(nn.Linear):
 class Int8Linear(nn.Module):
     """A linear layer with int8 weights (one float scale per output row), run by the CPU's int8
     GEMM (fbgemm): activations are quantised per call, weights are read at a quarter of float32's
-    bytes. Built from the `weight` (int8) and `scale` (float32) tensors a `--dtype int8` build stores."""
+    bytes. Built from the `weight` (int8) and `scale` (float32) tensors a `--dtype int8` build stores.
+
+    fbgemm's `linear_dynamic` picks ONE activation scale and zero point per call from the min and
+    max of the whole input, so with several sequences in a batch a row's rounding would depend on
+    its batch-mates. Each row is therefore divided by its own absmax first and PIN_COLUMNS columns
+    holding +1 and -1 are appended (the packed weight is zero there): every row's min is exactly -1
+    and its max exactly +1, so the call's quantisation parameters are the same for any batch, a
+    row's result is bit-identical alone or batched, and each row gets the precision of its own
+    range (per-row scaling). The absmax and the bias are applied after the GEMM."""
+
+    PIN_COLUMNS = 8  # [+1, -1, 0, ...]: keeps in_features a multiple of 8 for the GEMM
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
+        padded = torch.cat((weight, weight.new_zeros(self.out_features, self.PIN_COLUMNS)), dim=1)
+        self.bias = None if bias is None else bias.float()
+        pins = torch.zeros(self.PIN_COLUMNS)
+        pins[0], pins[1] = 1.0, -1.0
+        self.register_buffer("pins", pins, persistent=False)
         with warnings.catch_warnings():  # quantized tensors are marked deprecated but still the fast path
             warnings.simplefilter("ignore")
             q = torch._make_per_channel_quantized_tensor(
-                weight, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
-            self.packed = torch.ops.quantized.linear_prepack(q, bias)
+                padded.contiguous(), scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+            self.packed = torch.ops.quantized.linear_prepack(q, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, self.in_features), self.packed)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        rows = x.reshape(-1, self.in_features).float()
+        absmax = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
+        pinned = torch.cat((rows / absmax, self.pins.expand(rows.shape[0], -1)), dim=1)
+        y = torch.ops.quantized.linear_dynamic(pinned, self.packed).mul_(absmax)
+        if self.bias is not None:
+            y += self.bias
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,6 +205,9 @@ class Batch:
     kv_len: int  # keys attended: cache positions 0 .. kv_len-1 (the filled part)
     mask: torch.Tensor  # [B, 1, T, kv_len] True where a query may see a key
     window_mask: torch.Tensor  # the same for sliding-window layers (Mistral, some Qwen)
+    # Set for a decode step whose rows must not depend on each other (int8 models): each row's
+    # attention then runs alone over its own filled length (see Attention.forward).
+    row_kv_lens: list[int] | None = None
 
     @classmethod
     def make(cls, first_slot: int, positions: torch.Tensor, kv_len: int | None = None,
@@ -244,7 +267,14 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k, v = self.kv_cache.update(batch, k, v)
         mask = batch.window_mask if self.sliding else batch.mask
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        if batch.row_kv_lens is None or b == 1:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        else:
+            # CPU SDPA's rounding depends on the number of keys it is given, masked ones included, so
+            # a row attends over exactly the keys it would see decoding alone.
+            y = torch.cat([F.scaled_dot_product_attention(q[i:i + 1], k[i:i + 1, :, :n], v[i:i + 1, :, :n],
+                                                          attn_mask=mask[i:i + 1, ..., :n], enable_gqa=True)
+                           for i, n in enumerate(batch.row_kv_lens)])
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -289,6 +319,9 @@ class Llama(nn.Module):
         self.cache_slots = 0
         self.cache_len = 0
         self.rope: torch.Tensor | None = None
+        # True when every projection is an Int8Linear: a row's logits then depend on nothing else in
+        # its batch (given per-row attention lengths), so greedy text batched equals batch-1 text.
+        self.rows_independent = False
 
     @property
     def dtype(self) -> torch.dtype:
@@ -325,10 +358,14 @@ class Llama(nn.Module):
             layer.self_attn.kv_cache.move_slot(src, dst, length)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, first_slot: int = 0,
-                all_logits: bool = False, kv_len: int | None = None) -> torch.Tensor:
+                all_logits: bool = False, kv_len: int | None = None,
+                row_kv_lens: list[int] | None = None) -> torch.Tensor:
         """Logits of each row's last token ([B, vocab]), or of every token with `all_logits`
-        ([B, T, vocab]). `input_ids` and `positions` are [B, T]; row i uses cache slot first_slot+i."""
+        ([B, T, vocab]). `input_ids` and `positions` are [B, T]; row i uses cache slot first_slot+i.
+        `row_kv_lens` (each row's filled length, decode steps) is used when `rows_independent`."""
         batch = Batch.make(first_slot, positions, kv_len, self.cfg.sliding_window)
+        if self.rows_independent:
+            batch.row_kv_lens = row_kv_lens
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rope[:, positions][:, :, None]  # [B, 1, T, hd]: broadcast over heads
         for layer in self.model.layers:
@@ -338,10 +375,11 @@ class Llama(nn.Module):
         return self.lm_head(self.model.norm(x))
 
 
-# Kept in float32 by an int8 build. The int8 GEMM quantises its input per call; the MLP's down
-# projection reads silu(gate) * up, whose few huge channels that rounding wipes out. Measured on
-# SmolLM2-135M (scripts/llm_quality.py): perplexity 6.70 float32, 13.5 all-int8, 7.04 with this kept.
-FLOAT_IN_INT8 = ("mlp.down_proj.weight",)
+# Kept in float32 by an int8 build: none since Int8Linear scales each activation row by its own
+# absmax. With fbgemm's one scale per call, the down projection's input (silu(gate) * up, a few huge
+# channels) lost too much: perplexity 13.5 all-int8 vs 7.04 with it float. Per-row scaling, measured
+# on SmolLM2-135M (scripts/llm_quality.py): 6.70 float32, 6.75 with it float, 6.80 all-int8.
+FLOAT_IN_INT8: tuple[str, ...] = ()
 
 
 def quantize_state_int8(state: dict) -> dict:
@@ -349,7 +387,7 @@ def quantize_state_int8(state: dict) -> dict:
     `<name>.scale` float32, except FLOAT_IN_INT8. Embeddings and norms stay as they are."""
     out = {}
     for name, t in state.items():
-        if name.endswith(FLOAT_IN_INT8):
+        if FLOAT_IN_INT8 and name.endswith(FLOAT_IN_INT8):
             out[name] = t
         elif name.endswith("_proj.weight") or name == "lm_head.weight":
             q, scale = quantize_int8(t)
@@ -395,6 +433,7 @@ def load_llama(folder: Path, device: str | torch.device = "cpu") -> Llama:
             if cfg.tie_word_embeddings and "lm_head.weight" not in state:
                 state["lm_head.weight"], state["lm_head.scale"] = quantize_int8(state["model.embed_tokens.weight"])
             _install_int8(model, state)
+            model.rows_independent = not any(isinstance(m, nn.Linear) for m in model.modules())
         else:
             for name in [k[: -len(".scale")] for k in state if k.endswith(".scale")]:
                 scale = state.pop(f"{name}.scale")
