@@ -125,6 +125,11 @@ def make_model_entry(spec, schema: dict, created_at: str, concurrency: int = 1) 
         demo_input=dict(spec.demo_input), concurrency=concurrency)
 
 
+def is_cancel_race(error: str | None) -> bool:
+    """Whether a failed prediction's error is coglet's own cancellation exception."""
+    return bool(error) and "CancelationException" in error
+
+
 @dataclass
 class Live:
     """A prediction that is queued or running (or just finished) in this gateway process."""
@@ -135,6 +140,7 @@ class Live:
     last_progress_webhook: float = 0.0
     output_events: int = 0
     worker: object = None  # what runs it: the model's worker, or a deployment's pool
+    cancel_requested: bool = False  # a client or Cancel-After asked to cancel it while it ran
 
 
 class Gateway:
@@ -320,6 +326,7 @@ class Gateway:
                 return
             worker = live.worker or self.workers[live.record["model"].split("/", 1)[1]]
             running = live.record["status"] == "processing"
+            live.cancel_requested = live.cancel_requested or status == "canceled"
         if running and worker.cancel_running(pid):  # False unless it is running there now
             return  # coglet reports `canceled` through the stream
         self._finish(pid, {"status": status, "error": error})
@@ -440,6 +447,10 @@ class Gateway:
                 return
             record = live.record
             status = result.get("status") or "failed"
+            if status == "failed" and live.cancel_requested and is_cancel_race(result.get("error")):
+                # coglet reports a cancel that lands while it hands an async run() its coroutine as a
+                # failure ("Failed to submit coroutine: CancelationException"); the client asked to cancel.
+                status, result = "canceled", {**result, "error": None}
             record["status"] = status
             if "output" in result and result["output"] is not None:
                 record["output"] = self._store_files(live, result["output"], "output")
