@@ -43,6 +43,19 @@ def language_code(name: str | None) -> str | None:
                                   "'en', 'de', 'fr' or a name such as 'german', or 'auto'")
 
 
+
+def checked_language(language: str | None, task: str, multilingual: bool) -> str | None:
+    """The language code to decode in, after refusing what an English-only model cannot do."""
+    code = language_code(language)
+    if not multilingual:
+        if code not in (None, "en"):
+            raise TranscriptionInputError(f"language: this Whisper model is English-only; {language!r} "
+                                          "needs a multilingual model (e.g. hf:openai/whisper-small)")
+        if task != "transcribe":
+            raise TranscriptionInputError("task: translate needs a multilingual Whisper model; this one "
+                                          "is English-only")
+    return code
+
 def runtime_device() -> str:
     import ctranslate2
 
@@ -63,14 +76,7 @@ class Transcriber:
         self.multilingual = bool(self.model.model.is_multilingual)
 
     def check_options(self, language: str | None, task: str, vad_filter: bool, batch_size: int) -> str | None:
-        code = language_code(language)
-        if not self.multilingual:
-            if code not in (None, "en"):
-                raise TranscriptionInputError(f"language: this Whisper model is English-only; {language!r} "
-                                              "needs a multilingual model (e.g. hf:openai/whisper-small)")
-            if task != "transcribe":
-                raise TranscriptionInputError("task: translate needs a multilingual Whisper model; this one "
-                                              "is English-only")
+        code = checked_language(language, task, self.multilingual)
         if batch_size > 1 and not vad_filter:
             raise TranscriptionInputError("batch_size: batched transcription cuts the audio at the pauses the "
                                           "voice-activity filter finds; set vad_filter to true, or batch_size to 1")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from models.audio.whisper import read_ct2_model
-from models.audio.whisper_runtime import SAMPLE_RATE, Transcript, TranscriptionInputError, language_code
+from models.audio.whisper_runtime import SAMPLE_RATE, Transcript, TranscriptionInputError, checked_language
 
 TIME_PRECISION = 0.02  # seconds per timestamp token
 WINDOW_FRAMES = 3000  # 30 s of log-mel frames
@@ -226,15 +226,7 @@ class TransformersTranscriber:
         return f.input_features.to(self.device, self.dtype), f.attention_mask.to(self.device)
 
     def check_options(self, language: str | None, task: str):
-        code = language_code(language)
-        if not self.multilingual:
-            if code not in (None, "en"):
-                raise TranscriptionInputError(f"language: this Whisper model is English-only; {language!r} "
-                                              "needs a multilingual model (e.g. hf:openai/whisper-small)")
-            if task != "transcribe":
-                raise TranscriptionInputError("task: translate needs a multilingual Whisper model; this one "
-                                              "is English-only")
-        return code
+        return checked_language(language, task, self.multilingual)
 
     def detect_language(self, features) -> str:
         if not self.multilingual:
