@@ -84,27 +84,34 @@ class LLMRunner(BaseRunner):
     @logged_setup
     def setup(self) -> None:
         timer = SetupTimer()
-        import torch
-
         from cogkit.snapshot import BootSnapshot, save_compile_cache, use_compile_cache, write_warmup
         from cogkit.weights import read_manifest
         from models.llm.build import compile_enabled, snapshot_extra
-        from models.llm.text_generation import TextGenerator
+        from models.llm.text_generation import TextGenerator, weights_engine
 
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-        timer.done("imports")
-        folder, dev = weights_folder("llm"), device()
+        folder = weights_folder("llm")
         manifest = read_manifest(folder)
-        print(f"setup: weights {folder} ({manifest['dtype']}, from {manifest['source']})", flush=True)
-        # Up to COG_MAX_CONCURRENCY predictions run at once, batched step by step by one engine.
+        engine = weights_engine(folder)
+        if engine == "ctranslate2":  # boots without torch
+            from models.llm.ct2_engine import cuda_available
+
+            dev = "cuda" if cuda_available() else "cpu"
+        else:
+            import torch
+
+            torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+            dev = device()
+        timer.done("imports")
+        print(f"setup: weights {folder} ({manifest['dtype']} for {engine}, from {manifest['source']})", flush=True)
+        # Up to COG_MAX_CONCURRENCY predictions run at once, batched by one engine.
         max_batch = int(os.environ.get("COG_MAX_CONCURRENCY", "1"))
         self.llm = TextGenerator(folder, dev, max_batch=max_batch)
         print(f"setup: up to {max_batch} concurrent generations", flush=True)
         timer.done("load")
 
-        boot = BootSnapshot(folder, dev, lambda: snapshot_extra(dev))
+        boot = BootSnapshot(folder, dev, lambda: snapshot_extra(dev, engine))
         compile_cache = None
-        if compile_enabled(dev):
+        if compile_enabled(dev) and engine == "torch":
             compile_cache = use_compile_cache(boot.restored)
             self.llm.compile_decode()
             self.llm.warmup()  # the first call compiles
@@ -165,12 +172,18 @@ class LLMRunner(BaseRunner):
         from models.llm.chat_messages import parse_messages
         from models.llm.text_generation import Sampling
 
+        seed_given = seed is not None
         if seed is None:
             seed = random.SystemRandom().randrange(2**31)
         print(f"seed: {seed}", flush=True)
         stops = [s for s in (stop_sequences or "").split(",") if s]
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             top_k=top_k, seed=seed)
+        if self.llm.engine_name == "ctranslate2":
+            from models.llm.ct2_engine import ct2_seed_error
+
+            if error := ct2_seed_error(sampling, seed_given):
+                raise ValueError(error)
         history = parse_messages(messages, system_prompt)
         # Before the stream starts: a prompt that cannot fit fails at once, without tokenising it all.
         prompt_ids = self.llm.encode_prompt(self.llm.format_prompt(prompt, system_prompt, history))

@@ -30,6 +30,8 @@ def add_bench_serve(bench, model_help: str) -> None:
     b.add_argument("--json", dest="json_path", help="write the results to this file")
     b.add_argument("--peer", choices=["ct2"], action="append", default=[],
                    help="also run the same prompts on a peer engine (its venv: scripts/peers-setup.sh)")
+    b.add_argument("--peer-weights", help="a torch build the peer converts (default: the served weights; "
+                   "needed when those are a ctranslate2 build)")
     b.set_defaults(func=cmd_bench_serve)
 
 
@@ -154,7 +156,13 @@ def cmd_bench_serve(args) -> int:
     folder = weights_dir(spec.name)
     manifest = json.loads((folder / "manifest.json").read_text())
     report["dtype"] = manifest.get("dtype")
-    weight_bytes = bytes_read_per_token(folder / "model.safetensors")
+    report["engine"] = manifest.get("engine", "torch")
+    weight_bytes = (bytes_read_per_token(folder / "model.safetensors") if report["engine"] == "torch" else
+                    (folder / "ctranslate2" / "model.bin").stat().st_size)  # its head shares the table
+    peer_folder = Path(args.peer_weights) if args.peer_weights else folder
+    if args.peer and not (peer_folder / "model.safetensors").is_file():
+        raise SystemExit(f"--peer: {peer_folder} is not a torch build; pass --peer-weights with a torch build "
+                         "of the same source (the peer converts it with CTranslate2's own converter)")
     report["memory_read_gbps"] = round(memory_read_gbps(), 2)
     report["batch1_ceiling_tokens_per_second"] = round(report["memory_read_gbps"] * 1e9 / weight_bytes, 2)
     print(f"memory read {report['memory_read_gbps']} GB/s: batch-1 ceiling "
@@ -171,7 +179,7 @@ def cmd_bench_serve(args) -> int:
             if "ct2" in args.peer:  # interleaved: the peer right after the same level
                 ids = prompt_ids(folder, [PROMPTS[i % len(PROMPTS)] for i in range(max(args.requests, c))])
                 quant = "int8" if report["dtype"] == "int8" else "float32"
-                peer = ct2_level(export_hf_folder(folder), quant, ids, c, max(args.requests, c),
+                peer = ct2_level(export_hf_folder(peer_folder), quant, ids, c, max(args.requests, c),
                                  args.max_new_tokens)
                 peer.pop("token_ids")
                 report["peers"].setdefault("ct2", []).append(peer)

@@ -239,7 +239,8 @@ def cmd_serve(args) -> int:
 def cmd_build_weights(args) -> int:
     from cogkit.build import build_weights
 
-    build_weights(args.model, source=args.source, dtype=args.dtype, sha256=args.sha256, log=err.print)
+    build_weights(args.model, source=args.source, dtype=args.dtype, sha256=args.sha256, log=err.print,
+                  engine=args.engine)
     return 0
 
 
@@ -301,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "int8"],
                    help="default: what the predictor runs; int8: the LLM's weight-only int8 (CPU int8 GEMM), "
                    "whisper on CPU (CTranslate2)")
+    p.add_argument("--engine", choices=["torch", "ctranslate2"],
+                   help="llm only: the runtime the weights are built for (default torch; ctranslate2: "
+                   "float32 or int8, faster on CPU, see the README's LLM serving)")
     p.set_defaults(func=cmd_build_weights)
 
     p = sub.add_parser("verify-weights", help="re-check weights/MODEL/ against its manifest")

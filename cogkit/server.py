@@ -60,11 +60,13 @@ INPUT_ERROR_CLASS = re.compile(r"^[A-Za-z_]\w*(?:Error|Exception): (?=[a-z_][\w.
 
 def clean_error(result: dict) -> dict:
     """coglet 0.23.1 writes a failed prediction's error as `Prediction failed: Prediction failed:
-    ValueError: audio: …`: keep the one line that names the input and the problem."""
+    ValueError: audio: …` (an async run(): `Async prediction failed: …`): keep the one line that
+    names the input and the problem."""
     error = result.get("error") if isinstance(result, dict) else None
     if isinstance(error, str):
-        while error.startswith("Prediction failed: "):
-            error = error[len("Prediction failed: "):]
+        while prefix := next((p for p in ("Prediction failed: ", "Async prediction failed: ")
+                              if error.startswith(p)), None):
+            error = error[len(prefix):]
         # an input error's class name adds nothing to `field: problem` (other errors keep theirs)
         result["error"] = INPUT_ERROR_CLASS.sub("", error, count=1)
     return result

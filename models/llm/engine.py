@@ -15,27 +15,14 @@ decode step reads a contiguous view of the cache; when one leaves, the last move
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from models.llm.text_generation import GenerationStats, PromptTooLongError, Sampling, TextStream, pick_next_token
+from models.llm.text_generation import PromptTooLongError, Request, TextStream, pick_next_token
 
 # Prompt tokens per prefill forward: bounds how long the other streams (and a cancel) wait.
 PREFILL_CHUNK = 128
-
-
-@dataclass
-class Request:
-    """One generation. `emit` is called from the engine thread with ("text", str), then once with
-    ("done", None) or ("error", exception). Set `cancelled` from any thread to drop it."""
-    prompt_ids: list[int]
-    sampling: Sampling
-    stop_sequences: list[str]
-    emit: Callable[[tuple], None]
-    stats: GenerationStats = field(default_factory=GenerationStats)
-    cancelled: bool = False
 
 
 @dataclass

@@ -1,20 +1,21 @@
 """Token generation for the LLM predictor: chat template, sampling, streaming text with stop sequences.
 
-Runs on torch, `tokenizers` and jinja2 only; transformers is needed to build weights, not to boot.
+Runs on torch (or CTranslate2, for weights built with `--engine ctranslate2`), `tokenizers` and jinja2
+only; transformers is needed to build weights, not to boot. torch is imported only by the torch engine.
 """
+
+from __future__ import annotations
 
 import json
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from tokenizers import Tokenizer
 
 from models.llm.chat_template import ChatTemplate
-from models.llm.llama import Llama, load_llama
 
 
 class PromptTooLongError(ValueError):
@@ -46,8 +47,22 @@ class GenerationStats:
         return decoded / self.decode_seconds if decoded > 0 and self.decode_seconds > 0 else 0.0
 
 
-def pick_next_token(logits: torch.Tensor, s: Sampling, generator: torch.Generator) -> int:
+@dataclass
+class Request:
+    """One generation. `emit` is called from the engine thread with ("text", str), then once with
+    ("done", None) or ("error", exception). Set `cancelled` from any thread to drop it."""
+    prompt_ids: list[int]
+    sampling: Sampling
+    stop_sequences: list[str]
+    emit: Callable[[tuple], None]
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    cancelled: bool = False
+
+
+def pick_next_token(logits, s: Sampling, generator) -> int:
     """Greedy at temperature 0; otherwise temperature, top-k, then nucleus (top-p) sampling."""
+    import torch
+
     if s.temperature == 0:
         return int(logits.argmax())
     logits = logits.float() / s.temperature
@@ -108,30 +123,50 @@ class TextStream:
         return piece
 
 
+def weights_engine(folder: Path) -> str:
+    """The runtime a weights folder was built for (manifest `engine`; folders built before it: torch)."""
+    manifest = Path(folder) / "manifest.json"
+    engine = json.loads(manifest.read_text()).get("engine") if manifest.is_file() else None
+    return engine or "torch"
+
+
 class TextGenerator:
     """A loaded LLM: model, tokenizer and chat template from one built weights folder, and the
     batching engine that runs its generations (up to `max_batch` at once)."""
 
     def __init__(self, folder: Path, device: str = "cpu", max_batch: int = 1):
-        from models.llm.engine import BatchEngine
-
         folder = Path(folder)
-        self.model: Llama = load_llama(folder, device)
         self.device = device
+        self.engine_name = weights_engine(folder)
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
         self.special = {k: tok_cfg.get(k) for k in ("bos_token", "eos_token")}
         template = tok_cfg.get("chat_template")
         self.chat_template = ChatTemplate(template, self.special) if template else None
-        self.eos_ids = set(self.model.cfg.eos_token_id)
-        self.context_length = self.model.cfg.max_position_embeddings
+        config = json.loads((folder / "config.json").read_text())
+        eos = config.get("eos_token_id")
+        self.eos_ids = set([] if eos is None else [eos] if isinstance(eos, int) else eos)
+        self.context_length = config["max_position_embeddings"]
         # No token is longer than this many characters: a lower bound on any text's token count.
         self.max_token_chars = max(len(t) for t in self.tokenizer.get_vocab()) + 1
-        self.engine = BatchEngine(self.model, self.tokenizer, self.eos_ids, self.context_length, max_batch)
+        if self.engine_name == "ctranslate2":
+            from models.llm.ct2_engine import CT2Engine
+
+            self.model = None
+            self.engine = CT2Engine(folder, self.tokenizer, self.eos_ids, self.context_length, max_batch,
+                                    device, dtype=config.get("dtype", "float32"))
+        else:
+            from models.llm.engine import BatchEngine
+            from models.llm.llama import load_llama
+
+            self.model = load_llama(folder, device)
+            self.engine = BatchEngine(self.model, self.tokenizer, self.eos_ids, self.context_length, max_batch)
 
     def compile_decode(self) -> None:
         """Compile the model's forward (GPU): shapes vary with the batch and the filled cache length,
         so it is compiled with dynamic shapes once rather than once per shape."""
+        import torch
+
         self.model.setup_cache(self.context_length, slots=self.engine.max_batch)
         self.model.forward = torch.compile(self.model.forward, dynamic=True)
 
@@ -184,8 +219,6 @@ class TextGenerator:
 
     def request(self, prompt_ids: list[int], sampling: Sampling, stop_sequences: list[str],
                 stats: GenerationStats, emit):
-        from models.llm.engine import Request
-
         return Request(prompt_ids, sampling, stop_sequences, emit, stats)
 
     def generate(self, prompt_ids: list[int], sampling: Sampling, stop_sequences: list[str],
