@@ -37,4 +37,24 @@ assert max(batched.engine.batch_sizes) > 1
 assert same >= len(prompts) - 1, (want, got)  # bf16 batched matmuls may flip a near-tie
 print("gpu-check: OK")
 PY
+# The CTranslate2 engine on the GPU: an int8 build runs as int8_float16, greedy batched == alone.
+CT2_ROOT=$(mktemp -d)
+COGKIT_WEIGHTS_DIR=$CT2_ROOT .venv/bin/cogkit build-weights llm --engine ctranslate2 --dtype int8
+COGKIT_WEIGHTS_DIR=$CT2_ROOT $PY - <<'PY'
+import os, threading
+from pathlib import Path
+from models.llm.text_generation import GenerationStats, Sampling, TextGenerator
+
+gen = TextGenerator(Path(os.environ["COGKIT_WEIGHTS_DIR"]) / "llm", "cuda", max_batch=8)
+prompts = ["What is the capital of France?", "Write a haiku about rain.", "Explain gravity.", "Count to ten."]
+def greedy(p):
+    return "".join(gen.generate(gen.encode(gen.format_prompt(p, None)), Sampling(max_new_tokens=48, temperature=0), [], GenerationStats()))
+want = [greedy(p) for p in prompts]
+got = [None] * len(prompts)
+ts = [threading.Thread(target=lambda i=i: got.__setitem__(i, greedy(prompts[i]))) for i in range(len(prompts))]
+[t.start() for t in ts]; [t.join() for t in ts]
+print(f"GPU CTranslate2 int8_float16: batched == alone {sum(a == b for a, b in zip(want, got))}/{len(prompts)}; {want[0]!r}")
+assert max(gen.engine.batch_sizes) > 1 and all(want)
+print("gpu-check ctranslate2: OK")
+PY
 PYTHONPATH=. .venv/bin/cogkit bench serve llm --concurrency 1,8,16 --requests 32 --max-new-tokens 64

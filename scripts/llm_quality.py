@@ -2,6 +2,7 @@
 greedy agreement (tokens identical to float32's before the first difference, and whole answers equal).
 
 usage: .venv/bin/python scripts/llm_quality.py WEIGHTS_FP32_FOLDER WEIGHTS_OTHER_FOLDER [--json FILE]
+(either folder may be a torch or a ctranslate2 build)
 """
 
 import json
@@ -29,6 +30,10 @@ PROMPTS = ["What is the capital of France?", "Write a short story about a fox.",
 @torch.inference_mode()
 def perplexity(gen: TextGenerator) -> float:
     ids = gen.encode(TEXT)
+    if gen.engine_name == "ctranslate2":  # CTranslate2 scores the same next-token log-probabilities
+        engine = gen.engine
+        log_probs = engine.generator.score_batch([[engine.vocab[i] for i in ids]])[0].log_probs
+        return math.exp(-sum(log_probs) / len(log_probs))
     gen.model.setup_cache(len(ids))
     logits = gen.model(torch.tensor([ids]), torch.arange(len(ids))[None], all_logits=True)[0, :-1]
     nll = torch.nn.functional.cross_entropy(logits.float(), torch.tensor(ids[1:]))

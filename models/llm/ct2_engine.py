@@ -30,10 +30,13 @@ from models.llm.ct2_build import CT2_FOLDER
 from models.llm.text_generation import GenerationStats, PromptTooLongError, Sampling, TextStream
 
 # How long a batch waits for more requests once one is there: until none arrived for GATHER_SECONDS
-# (concurrent clients' requests reach the engine up to ~10 ms apart through coglet), at most
-# GATHER_MAX_SECONDS. A lone request pays GATHER_SECONDS of time to first token.
+# (concurrent clients' requests reach the engine up to ~10 ms apart through coglet), or for
+# GATHER_EXPECTED_SECONDS while fewer are waiting than the last batch had (their clients are likely
+# sending the next ones now), at most GATHER_MAX_SECONDS. A lone request pays GATHER_SECONDS of time
+# to first token.
 GATHER_SECONDS = 0.01
-GATHER_MAX_SECONDS = 0.05
+GATHER_EXPECTED_SECONDS = 0.03
+GATHER_MAX_SECONDS = 0.1
 
 
 def ct2_seed_error(sampling: Sampling, seed_given: bool) -> str | None:
@@ -83,6 +86,7 @@ class CT2Engine:
         self.wake = threading.Condition()
         self.thread: threading.Thread | None = None
         self.batch_sizes: list[int] = []  # rows of each generate_batch call (tests, metrics)
+        self.last_batch_size = 1
         atexit.register(self.release_callbacks)
 
     def release_callbacks(self) -> None:
@@ -133,7 +137,8 @@ class CT2Engine:
                 left = GATHER_MAX_SECONDS - (time.perf_counter() - started)
                 if left <= 0:
                     break
-                self.wake.wait(min(GATHER_SECONDS, left))
+                quiet = GATHER_EXPECTED_SECONDS if seen < self.last_batch_size else GATHER_SECONDS
+                self.wake.wait(min(quiet, left))
                 if len(self.waiting) == seen:
                     break
             rows: list[Row] = []
@@ -155,6 +160,7 @@ class CT2Engine:
             return
         s = rows[0].request.sampling
         self.batch_sizes.append(len(rows))
+        self.last_batch_size = len(rows)
 
         def on_token(step) -> bool:  # CTranslate2's worker thread, once per generated token and row
             row = rows[step.batch_id]
