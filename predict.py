@@ -501,11 +501,12 @@ class WhisperRunner(BaseRunner):
         timestamps: str = Input(description="segment: start/end per phrase; word: also per word (from "
                                             "cross-attention alignment); none: one segment for the whole clip.",
                                 default="segment", choices=["none", "segment", "word"]),
-        temperature: float = Input(description="Sampling temperature: 0 is greedy decoding (deterministic).",
+        temperature: float = Input(description="Sampling temperature: 0 decodes deterministically (beam_size wide); "
+                                               "above 0 samples.",
                                    default=0.0, ge=0.0, le=1.0),
         beam_size: int = Input(description="Beam search width: 1 is greedy decoding (fastest); 5 is what "
-                                           "OpenAI's whisper uses, a little more accurate and ~2x slower.",
-                               default=1, ge=1, le=10),
+                                           "OpenAI's whisper uses, more accurate and ~1.3x slower on CPU.",
+                               default=2, ge=1, le=10),
         vad_filter: bool = Input(description="Skip the parts without speech, found by the Silero voice-activity "
                                              "detector, before transcribing (faster on audio with long pauses).",
                                  default=False),

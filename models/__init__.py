@@ -65,7 +65,8 @@ MODELS["whisper"] = ModelSpec(
     summary="Whisper speech-to-text with timed segments and srt/vtt subtitles (default: tiny.en)",
     demo_input={"audio": fox_clip_uri()},
     naive_runner="models/audio/naive.py:NaiveWhisperRunner",
-    bench_input={"audio": fox_clip_uri(), "timestamps": "segment"},
+    # beam 1: the naive variant is the transformers predictor from before, which decodes greedily only
+    bench_input={"audio": fox_clip_uri(), "timestamps": "segment", "beam_size": 1},
     hardware="gpu-t4",
     floor_imports="faster_whisper",  # CTranslate2 and tokenizers: no torch
 )

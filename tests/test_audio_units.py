@@ -139,3 +139,52 @@ def test_naive_conversion_maps_every_whisper_weight():
     assert len(state) == 5 + 15 * 4 + 2 + 2 + 24 * 4 + 2
     np.testing.assert_array_equal(state["model.encoder.layers.0.self_attn.k_proj.weight"],
                                   np.split(variables["encoder/layer_0/self_attention/linear_0/weight"], 3)[1])
+
+
+def test_parallel_load_builds_the_model_faster_whispers_constructor_builds(real_whisper_weights):
+    """load_model() assembles WhisperModel from a CTranslate2 model and tokenizer loaded side by side:
+    every attribute must match a WhisperModel made by its own constructor, and both must hear the
+    same words with the same timings."""
+    from faster_whisper import WhisperModel
+
+    from models.audio.audio_io import read_audio
+    from models.audio.clips import FOX_CLIP, FOX_TEXT
+    from models.audio.whisper_runtime import load_model
+
+    ours = load_model(real_whisper_weights, "cpu", "int8", 1)
+    stock = WhisperModel(str(real_whisper_weights), device="cpu", compute_type="int8", cpu_threads=1)
+    assert type(ours) is WhisperModel and vars(ours).keys() == vars(stock).keys()
+    for name, value in vars(stock).items():
+        mine = getattr(ours, name)
+        if name == "model":
+            assert (mine.is_multilingual, mine.n_mels, mine.device, mine.compute_type) == \
+                   (value.is_multilingual, value.n_mels, value.device, value.compute_type)
+        elif name == "hf_tokenizer":
+            assert mine.to_str() == value.to_str()
+        elif name == "feature_extractor":
+            assert vars(mine).keys() == vars(value).keys()
+            for key, x in vars(value).items():
+                np.testing.assert_array_equal(getattr(mine, key), x)
+        elif name != "logger":
+            assert mine == value, name
+    samples = read_audio(FOX_CLIP).samples
+    heard = [[(w.word, w.start, w.end) for s in m.transcribe(samples, beam_size=1, word_timestamps=True)[0]
+              for w in s.words] for m in (ours, stock)]
+    assert heard[0] == heard[1] and "".join(w for w, _, _ in heard[0]).strip() == FOX_TEXT
+
+
+def test_the_real_speech_clip_is_heard_and_scored_against_its_transcript(real_whisper_weights):
+    """The LibriVox clip (real speech, public domain) through the predictor's Transcriber at its
+    defaults, scored as `python -m models.audio.whisper_bench` scores it: Whisper's normaliser makes
+    "Mr." and "mister" one word; a wrong transcript counts its errors."""
+    from models.audio.audio_io import read_audio
+    from models.audio.clips import REAL_CLIP, REAL_TEXT
+    from models.audio.whisper_bench import normaliser, word_errors
+    from models.audio.whisper_runtime import Transcriber
+
+    normalise = normaliser()
+    assert word_errors("Mr. Dashwood had 3 sons.", "mister dashwood had three sons", normalise) == (0, 5)
+    assert word_errors("he was not an ill disposed man", "he was an ill-disposed young man", normalise) == (2, 7)
+    heard = Transcriber(real_whisper_weights, "cpu", "int8", threads=1).transcribe(read_audio(REAL_CLIP).samples)
+    errors, words = word_errors(REAL_TEXT, heard.text, normalise)
+    assert words == 71 and errors <= 3, heard.text  # the reader's repeated "a" is one Whisper leaves out

