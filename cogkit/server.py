@@ -170,7 +170,8 @@ class CogServer:
             lines = newer
         return lines
 
-    def wait_ready(self, on_progress: Callable[[float, str], None] | None = None) -> dict:
+    def wait_ready(self, on_progress: Callable[[float, str], None] | None = None, poll: float = 0.1) -> dict:
+        """Block until READY; `poll` is the health check's interval, hence how late ready_at may be."""
         started = time.monotonic()
         deadline = started + self.setup_timeout + 30
         while time.monotonic() < deadline:
@@ -196,7 +197,7 @@ class CogServer:
             if on_progress:
                 last = next((line for line in reversed(self.setup_log_lines()) if line.strip()), "")
                 on_progress(time.monotonic() - started, last)
-            time.sleep(0.1)
+            time.sleep(poll)
         raise ServerError(f"setup did not finish within {self.setup_timeout:.0f}s")
 
     def predict(self, inputs: dict, prediction_id: str | None = None) -> dict:
