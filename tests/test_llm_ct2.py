@@ -126,3 +126,22 @@ def test_served_by_coglet_streams_and_refuses_a_seed_it_cannot_honour(ct2_root):
         assert refused["error"].startswith("seed:") and "CTranslate2" in refused["error"]
         sampled = server.predict({"prompt": "Hi", "temperature": 0.7, "max_new_tokens": 5})
         assert sampled["status"] == "succeeded" and sampled["metrics"]["output_token_count"] >= 1
+
+
+def test_sixteen_streams_times_sixty_four_requests_lose_nothing(ct2_root):
+    gen = TextGenerator(ct2_root / "llm", max_batch=16)
+    want = {p: greedy(gen, p, max_new=6)[1].token_ids for p in PROMPTS}
+    got = []
+
+    def client(k):
+        for j in range(4):
+            prompt = PROMPTS[(k + j) % len(PROMPTS)]
+            got.append((prompt, greedy(gen, prompt, max_new=6)[1].token_ids))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert len(got) == 64 and all(ids == want[p] for p, ids in got)
+    assert max(gen.engine.batch_sizes) >= 8
