@@ -109,7 +109,7 @@ class LLMRunner(BaseRunner):
         print(f"setup: up to {max_batch} concurrent generations", flush=True)
         timer.done("load")
 
-        boot = BootSnapshot(folder, dev, lambda: snapshot_extra(dev, engine))
+        boot = BootSnapshot(folder, dev, lambda: snapshot_extra(dev, folder))
         compile_cache = None
         if compile_enabled(dev) and engine == "torch":
             compile_cache = use_compile_cache(boot.restored)
@@ -451,11 +451,12 @@ class WhisperRunner(BaseRunner):
 
         from cogkit.snapshot import BootSnapshot, recorded_warmup, write_warmup
         from cogkit.weights import read_manifest
-        from models.audio.whisper import runtime_dtype, snapshot_extra
+        from models.audio.whisper import compute_type as whisper_compute_type, snapshot_extra
         from models.audio.whisper_runtime import Transcriber, runtime_device
 
         timer.done("imports")
-        folder, dev, compute_type = self.weights(), runtime_device(), runtime_dtype()
+        folder, dev = self.weights(), runtime_device()
+        compute_type = whisper_compute_type(folder, dev)
         if (folder / "manifest.json").is_file():
             manifest = read_manifest(folder)
             print(f"setup: weights {folder} ({manifest['dtype']}, from {manifest['source']}); "
@@ -463,7 +464,7 @@ class WhisperRunner(BaseRunner):
         self.transcriber = Transcriber(folder, dev, compute_type)
         timer.done("load")
         # The snapshot's key covers these weights, engine versions, compute type and CPU.
-        boot = BootSnapshot(folder, dev, lambda: snapshot_extra(dev))
+        boot = BootSnapshot(folder, dev, lambda: snapshot_extra(dev, folder))
         if boot.restored is not None:
             # CTranslate2 has nothing to warm (its first call costs what later ones do), so the warm-up
             # only checks the model; the snapshot records that this key already passed that check.

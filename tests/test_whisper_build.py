@@ -105,6 +105,22 @@ def test_ctranslate2_files_in_the_runtime_type_are_kept_as_they_are(tmp_path):
     assert (tmp_path / "whisper" / "model.bin").read_bytes() == (wheel_model() / "model.bin").read_bytes()
 
 
+def test_the_predictor_computes_in_the_type_the_weights_were_built_in(tmp_path):
+    """A float32 build runs in float32 (not quietly in int8); float16 weights run as float32 on CPU."""
+    from models.audio.whisper import compute_type
+    from models.audio.whisper_runtime import Transcriber
+
+    done = build(tmp_path, "--dtype", "float32")
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "whisper"
+    assert compute_type(folder, "cpu") == "float32"
+    assert Transcriber(folder, "cpu", compute_type(folder, "cpu")).model.model.compute_type == "float32"
+    for stored, cpu, gpu in [("int8", "int8", "float16"), ("int16", "int16", "float16"),
+                             ("float16", "float32", "float16"), ("int8_float16", "int8", "int8_float16")]:
+        (folder / "manifest.json").write_text(json.dumps({"dtype": stored}))
+        assert (compute_type(folder, "cpu"), compute_type(folder, "cuda")) == (cpu, gpu)
+
+
 def test_a_folder_that_is_not_whisper_is_refused(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

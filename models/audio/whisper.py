@@ -40,14 +40,27 @@ def runtime_dtype() -> str:
     return "float16" if ctranslate2.get_cuda_device_count() > 0 else "int8"
 
 
-def snapshot_extra(device: str) -> dict:
+def compute_type(folder: Path | None, device: str) -> str:
+    """What the predictor computes in: the type the weights were built in (`--dtype`), as this device
+    runs it. A float32 build is run in float32, not quietly in int8; without a manifest, runtime_dtype()."""
+    manifest = Path(folder) / "manifest.json" if folder is not None else None
+    stored = json.loads(manifest.read_text()).get("dtype") if manifest and manifest.is_file() else None
+    if stored is None:
+        return runtime_dtype()
+    if device.startswith("cuda"):
+        return stored if stored in ("int8_float16", "float16", "bfloat16") else "float16"
+    # This CPU's CTranslate2 computes int8, int16 and float32; float16 / bfloat16 weights run as float32.
+    return {"int8": "int8", "int8_float16": "int8", "int16": "int16"}.get(stored, "float32")
+
+
+def snapshot_extra(device: str, folder: Path | None = None) -> dict:
     """The predictor's part of the snapshot key: the engine's versions and the compute type."""
     from importlib.metadata import version
 
     from models.audio.snapshot import cpu_fingerprint
 
     return {"ctranslate2": version("ctranslate2"), "faster_whisper": version("faster-whisper"),
-            "compute_type": runtime_dtype(), "cpu": cpu_fingerprint()}
+            "compute_type": compute_type(folder, device), "cpu": cpu_fingerprint()}
 
 
 # ---------------------------------------------------------------------------------------------

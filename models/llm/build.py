@@ -31,8 +31,11 @@ def compile_enabled(device: str) -> bool:
     return flag == "1" if flag in ("0", "1") else device.startswith("cuda")
 
 
-def snapshot_extra(device: str, engine: str = "torch") -> dict:
+def snapshot_extra(device: str, folder: Path | None = None) -> dict:
     """What besides weights, versions and device changes what setup() produces."""
+    from models.llm.text_generation import weights_engine
+
+    engine = weights_engine(folder) if folder is not None else "torch"
     if engine == "ctranslate2":
         import ctranslate2
 
