@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.llm.ct2_build import CT2_FOLDER
-from models.llm.text_generation import GenerationStats, PromptTooLongError, Sampling, TextStream
+from models.llm.text_generation import PromptTooLongError, Request, Sampling, TextStream
 
 # How long a batch waits for more requests once one is there: until none arrived for GATHER_SECONDS
 # (concurrent clients' requests reach the engine up to ~10 ms apart through coglet), or for
@@ -61,7 +61,7 @@ def cuda_available() -> bool:
 
 @dataclass
 class Row:
-    request: "object"  # models.llm.engine.Request
+    request: Request
     stream: TextStream
     max_new: int
     submitted_at: float
@@ -97,7 +97,7 @@ class CT2Engine:
         self.generator.generate_batch([[self.vocab[0]]], max_length=1)
 
     # ------------------------------------------------------------------ public, any thread
-    def submit(self, request) -> None:
+    def submit(self, request: Request) -> None:
         n_prompt = len(request.prompt_ids)
         if n_prompt == 0:
             raise ValueError("prompt: the prompt is empty after tokenization")
