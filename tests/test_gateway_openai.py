@@ -117,13 +117,14 @@ def test_closing_a_stream_cancels_its_prediction(chat, gateway_client):
     assert gateway_client.run("local/llm", input={"prompt": "hi", "max_new_tokens": 2})  # the model is free again
 
 
-def test_a_failed_prediction_is_one_error_not_retried(gateway, chat, gateway_client):
+def test_a_refused_prediction_is_one_400_naming_the_parameter_not_retried(gateway, chat, gateway_client):
     too_long = [{"role": "user", "content": "story " * 4000}]  # past the tiny model's 2048-token context
     retrying = chat.with_options(max_retries=2)
     before = {p.id for p in gateway_client.predictions.list().results}
-    with pytest.raises(openai.InternalServerError) as raised:
+    with pytest.raises(openai.BadRequestError) as raised:  # the request's fault, as OpenAI answers it
         retrying.chat.completions.create(model="local/llm", messages=too_long, max_tokens=4)
     assert "does not fit the model's context" in raised.value.message
+    assert raised.value.body["param"] == "messages" and raised.value.body["code"] == "context_length_exceeded"
     made = [p for p in gateway_client.predictions.list().results if p.id not in before]
     assert len(made) == 1 and made[0].status == "failed"  # x-should-retry: false kept the client from retrying
     with pytest.raises(openai.APIError, match="does not fit the model's context"):

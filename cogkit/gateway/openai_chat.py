@@ -141,6 +141,9 @@ def prediction_input(entry: ModelEntry, body: dict) -> dict:
     return inputs
 
 
+# The LLM predictor's inputs an error may name, and the chat parameter each comes from.
+CHAT_INPUTS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop_sequences", "system_prompt",
+               "messages", "prompt")
 INPUT_TO_PARAM = {"max_new_tokens": "max_tokens", "prompt": "messages", "system_prompt": "messages",
                   "stop_sequences": "stop", "messages": "messages"}
 
@@ -149,8 +152,7 @@ def as_chat_error(e: GatewayError) -> ChatError:
     """A gateway refusal in OpenAI's shape, naming the request's parameter instead of the input."""
     detail = e.detail
     param = None
-    for name in ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop_sequences", "system_prompt",
-                 "messages", "prompt"):
+    for name in CHAT_INPUTS:
         if detail.startswith(f"{name}:") or f"'{name}'" in detail:
             param = INPUT_TO_PARAM.get(name, name)
             if param != name:
@@ -173,6 +175,11 @@ def usage(record: dict) -> dict:
 
 def failure(record: dict) -> ChatError:
     error = record.get("error") or f"the prediction ended with status {record['status']}"
+    refused = next((name for name in CHAT_INPUTS if error.startswith(f"{name}:")), None)
+    if refused:  # the predictor refused what it was sent (a prompt past the context, a seed it cannot use)
+        code = "context_length_exceeded" if "does not fit the model's context" in error else None
+        return ChatError(400, f"{error} (prediction {record['id']})", INPUT_TO_PARAM.get(refused, refused),
+                         code=code)
     return ChatError(500, f"{error} (prediction {record['id']})", kind="server_error")
 
 
