@@ -157,3 +157,39 @@ def test_generation_config_adds_end_of_turn_tokens(tmp_path):
     config = load_llama(tmp_path / "out").cfg
     assert config.eos_token_id[0] == json.loads((source / "config.json").read_text())["eos_token_id"]
     assert config.eos_token_id[1:] == [t for t in (2, 7) if t != config.eos_token_id[0]]
+
+
+# What the ctranslate2 build refuses, by family (models/llm/ct2_build.py says why).
+CT2_REFUSES = {"llama-dynamic": "rope scaling 'dynamic'", "llama-yarn": "rope scaling 'yarn'",
+               "llama3": "rope scaling 'llama3'", "mistral": "sliding-window attention",
+               "qwen2-sliding": "sliding-window attention"}
+
+
+def test_ctranslate2_build_scores_tokens_as_transformers_does(family, tmp_path):
+    """`--engine ctranslate2`: the same checkpoint in CTranslate2's decoder gives transformers'
+    next-token log-probabilities (biases, untied heads, q/k norms, head_dim, linear rope scaling),
+    and greedy tokens equal to the torch engine's; or the build refuses the family, naming why."""
+    name, source, built, reference = family
+    dest = tmp_path / "llm"
+    if name in CT2_REFUSES:
+        with pytest.raises(ValueError, match=f"engine: .*{CT2_REFUSES[name]}.*--engine torch"):
+            build_weights("llm", source=str(source), dtype="float32", dest=dest, engine="ctranslate2",
+                          log=lambda *a: None)
+        assert not dest.exists()
+        return
+    build_weights("llm", source=str(source), dtype="float32", dest=dest, engine="ctranslate2", log=lambda *a: None)
+    ct2 = TextGenerator(dest)
+    ids = IDS[:reference.config.max_position_embeddings]
+    got = ct2.engine.generator.score_batch([[ct2.engine.vocab[i] for i in ids]])[0].log_probs
+    with torch.no_grad():
+        logits = reference(torch.tensor([ids])).logits[0, :-1]
+    want = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+    torch.testing.assert_close(torch.tensor(got), want, atol=2e-3, rtol=1e-3)
+    torch_gen = TextGenerator(built)
+    for prompt in ([5, 17, 42, 99, 3, 250, 7, 8, 9, 10, 11, 12], [30, 31, 32]):
+        tokens = []
+        for gen in (torch_gen, ct2):
+            stats = GenerationStats()
+            list(gen.generate(prompt, Sampling(max_new_tokens=10, temperature=0), [], stats))
+            tokens.append(stats.token_ids)
+        assert tokens[0] == tokens[1]

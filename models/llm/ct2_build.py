@@ -15,23 +15,26 @@ CT2_FOLDER = "ctranslate2"
 CT2_DTYPES = ("float32", "int8")
 
 
+# Rope types CTranslate2's decoder computes as transformers does (tests/test_llm_families.py checks
+# each family's next-token log-probabilities against transformers).
+CT2_ROPE_SCALING = ("default", "linear")
+
+
 def unsupported_reason(fields: dict) -> str | None:
-    """Why this family/config cannot be expressed in CTranslate2's Llama-style decoder spec, or None."""
-    if fields["qk_norm"]:
-        return "q/k norms (Qwen3)"
-    if fields["sliding_window"] and any(fields["sliding_layers"]):
+    """Why this family/config cannot be run on CTranslate2 as transformers runs it, or None.
+    Measured, not assumed: with CTranslate2 4.8.5, sliding windows (its window also bounds the KV cache
+    it keeps) and llama3 rope scaling gave other greedy tokens than transformers on tiny checkpoints."""
+    if any(fields["sliding_layers"]):
         return "sliding-window attention"
-    if fields["rope"]["rope_type"] != "default":
+    if fields["rope"]["rope_type"] not in CT2_ROPE_SCALING:
         return f"rope scaling {fields['rope']['rope_type']!r}"
-    if fields["head_dim"] * fields["num_attention_heads"] != fields["hidden_size"]:
-        return "a head_dim other than hidden_size / num_attention_heads"
     return None
 
 
 def write_ct2_folder(out: Path, state: dict, fields: dict, config_json: dict, tokenizer_json: str,
                      tokenizer_config: dict, dtype: str) -> None:
     """`state` holds the fused tensors of models.llm.llama (qkv_proj, gate_up_proj), float."""
-    from ctranslate2.specs import common_spec, transformer_spec
+    from ctranslate2.specs import attention_spec, common_spec, transformer_spec
 
     if dtype not in CT2_DTYPES:
         raise ValueError(f"dtype: the ctranslate2 engine builds {' or '.join(CT2_DTYPES)}, not {dtype}")
@@ -40,10 +43,17 @@ def write_ct2_folder(out: Path, state: dict, fields: dict, config_json: dict, to
         raise ValueError(f"engine: {fields['model_type']} with {reason} is not supported by the ctranslate2 "
                          "build; build with --engine torch")
     heads, kv_heads = fields["num_attention_heads"], fields["num_key_value_heads"]
+    head_dim = fields["head_dim"]
+    rope = fields["rope"]
+    scaling = {"default": None, "linear": attention_spec.RotaryScalingType.Linear}[rope["rope_type"]]
     spec = transformer_spec.TransformerDecoderModelSpec.from_config(
         fields["num_hidden_layers"], heads, pre_norm=True, activation=common_spec.Activation.SWISH,
         ffn_glu=True, rms_norm=True, rotary_dim=0, rotary_interleave=False,  # rotate-half, whole head
-        rotary_base=fields["rope"]["rope_theta"], num_heads_kv=None if kv_heads == heads else kv_heads)
+        rotary_base=rope["rope_theta"], rotary_scaling_type=scaling,
+        rotary_scaling_factor=rope.get("factor", 1),
+        num_heads_kv=None if kv_heads == heads else kv_heads,
+        head_dim=None if head_dim * heads == fields["hidden_size"] else head_dim,
+        qk_norm=fields["qk_norm"])
     numpy = {k: v.float().numpy() for k, v in state.items()}
     decoder = spec.decoder
     decoder.scale_embeddings = False
@@ -52,6 +62,9 @@ def write_ct2_folder(out: Path, state: dict, fields: dict, config_json: dict, to
     for i, layer in enumerate(decoder.layer):
         p = f"model.layers.{i}."
         layer.self_attention.layer_norm.gamma = numpy[p + "input_layernorm.weight"]
+        if fields["qk_norm"]:  # Qwen3: RMSNorm of each query and key head before the rotation
+            layer.self_attention.q_norm.gamma = numpy[p + "self_attn.q_norm.weight"]
+            layer.self_attention.k_norm.gamma = numpy[p + "self_attn.k_norm.weight"]
         layer.ffn.layer_norm.gamma = numpy[p + "post_attention_layernorm.weight"]
         # CTranslate2's fused attention input is q, k, v stacked: the order of our qkv_proj.
         set_linear(layer.self_attention.linear[0], numpy, p + "self_attn.qkv_proj")
