@@ -23,11 +23,10 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 from models.llm.ct2_build import CT2_FOLDER
-from models.llm.text_generation import PromptTooLongError, Request, Sampling, TextStream
+from models.llm.text_generation import Generation, Request, Sampling
 
 # How long a batch waits for more requests once one is there: until none arrived for GATHER_SECONDS
 # (concurrent clients' requests reach the engine up to ~10 ms apart through coglet), or for
@@ -59,16 +58,6 @@ def cuda_available() -> bool:
     return ctranslate2.get_cuda_device_count() > 0
 
 
-@dataclass
-class Row:
-    request: Request
-    stream: TextStream
-    max_new: int
-    submitted_at: float
-    first_token_at: float = 0.0
-    finished: bool = False
-
-
 class CT2Engine:
     def __init__(self, folder: Path, tokenizer, eos_ids: set[int], context_length: int, max_batch: int = 1,
                  device: str = "cpu", dtype: str = "float32"):
@@ -82,7 +71,7 @@ class CT2Engine:
         self.eos_ids = eos_ids
         self.context_length = context_length
         self.max_batch = max(1, max_batch)
-        self.waiting: deque[Row] = deque()
+        self.waiting: deque[Generation] = deque()
         self.wake = threading.Condition()
         self.thread: threading.Thread | None = None
         self.batch_sizes: list[int] = []  # rows of each generate_batch call (tests, metrics)
@@ -98,17 +87,8 @@ class CT2Engine:
 
     # ------------------------------------------------------------------ public, any thread
     def submit(self, request: Request) -> None:
-        n_prompt = len(request.prompt_ids)
-        if n_prompt == 0:
-            raise ValueError("prompt: the prompt is empty after tokenization")
-        if n_prompt >= self.context_length:
-            raise PromptTooLongError(
-                f"prompt: {n_prompt} tokens does not fit the model's context of {self.context_length} "
-                "tokens; shorten the prompt or system_prompt")
-        row = Row(request, TextStream(self.tokenizer, request.stop_sequences),
-                  max_new=min(request.sampling.max_new_tokens, self.context_length - n_prompt),
-                  submitted_at=time.perf_counter())
-        request.stats.input_tokens = n_prompt
+        """Queue a request; raises PromptTooLongError/ValueError at once for a prompt that cannot run."""
+        row = Generation.start(request, self.tokenizer, self.context_length)
         with self.wake:
             self.waiting.append(row)
             if self.thread is None:
@@ -125,9 +105,9 @@ class CT2Engine:
             except Exception as e:  # a bug or out-of-memory: fail this batch, keep serving
                 for row in rows:
                     if not row.finished:
-                        self._finish(row, ("error", e))
+                        row.finish(("error", e))
 
-    def _next_batch(self) -> list[Row]:
+    def _next_batch(self) -> list[Generation]:
         with self.wake:
             while not self.waiting:
                 self.wake.wait()
@@ -141,7 +121,7 @@ class CT2Engine:
                 self.wake.wait(min(quiet, left))
                 if len(self.waiting) == seen:
                     break
-            rows: list[Row] = []
+            rows: list[Generation] = []
             key = None
             for row in list(self.waiting):
                 if row.request.cancelled:
@@ -155,7 +135,7 @@ class CT2Engine:
                     rows.append(row)
             return rows
 
-    def _run(self, rows: list[Row]) -> None:
+    def _run(self, rows: list[Generation]) -> None:
         if not rows:
             return
         s = rows[0].request.sampling
@@ -169,7 +149,7 @@ class CT2Engine:
                     row.request.stats.stop_reason = "canceled"
                     row.finished = True
                 else:
-                    self._take_token(row, step.token_id)
+                    row.take(step.token_id, self.eos_ids)
             return row.finished  # True: CTranslate2 drops the row from the batch
 
         self.generator.generate_batch(
@@ -182,37 +162,7 @@ class CT2Engine:
         for row in rows:  # CTranslate2 reached max_length for the rows still going
             if not row.finished:
                 row.request.stats.stop_reason = "length"
-                self._finish(row)
-
-    def _take_token(self, row: Row, token: int) -> None:
-        stats = row.request.stats
-        now = time.perf_counter()
-        if row.first_token_at == 0.0:
-            stats.time_to_first_token = now - row.submitted_at
-            row.first_token_at = now
-        if token in self.eos_ids:
-            stats.stop_reason = "eos"
-            return self._finish(row)
-        stats.output_tokens += 1
-        stats.token_ids.append(token)
-        piece = row.stream.push(token)
-        if piece:
-            row.request.emit(("text", piece))
-        stats.decode_seconds = now - row.first_token_at
-        if row.stream.stopped:
-            stats.stop_reason = "stop_sequence"
-            return self._finish(row)
-        if stats.output_tokens >= row.max_new:
-            stats.stop_reason = "length"
-            return self._finish(row)
-
-    def _finish(self, row: Row, final: tuple = ("done", None)) -> None:
-        row.finished = True
-        if final[0] == "done":
-            tail = row.stream.flush()
-            if tail:
-                row.request.emit(("text", tail))
-        row.request.emit(final)
+                row.finish()
 
 
 def sampling_key(s: Sampling) -> tuple:

@@ -13,30 +13,23 @@ decode step reads a contiguous view of the cache; when one leaves, the last move
 """
 
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 
 import torch
 
-from models.llm.text_generation import PromptTooLongError, Request, TextStream, pick_next_token
+from models.llm.text_generation import Generation, Request, pick_next_token
 
 # Prompt tokens per prefill forward: bounds how long the other streams (and a cancel) wait.
 PREFILL_CHUNK = 128
 
 
 @dataclass
-class Sequence:
-    request: Request
-    stream: TextStream
-    generator: torch.Generator
-    max_new: int
+class Sequence(Generation):
+    generator: torch.Generator | None = None  # this request's sampling, seeded from its seed
     prefilled: int = 0  # prompt tokens already in the cache
     cached: int = 0  # tokens in the cache (prompt and fed-back output)
     last_token: int = -1  # the token to feed at the next decode step (-1: still prefilling)
-    submitted_at: float = 0.0
-    first_token_at: float = 0.0
-    finished: bool = False
 
 
 class BatchEngine:
@@ -57,18 +50,8 @@ class BatchEngine:
     # ------------------------------------------------------------------ public, any thread
     def submit(self, request: Request) -> None:
         """Queue a request; raises PromptTooLongError/ValueError at once for a prompt that cannot run."""
-        n_prompt = len(request.prompt_ids)
-        if n_prompt == 0:
-            raise ValueError("prompt: the prompt is empty after tokenization")
-        if n_prompt >= self.context_length:
-            raise PromptTooLongError(
-                f"prompt: {n_prompt} tokens does not fit the model's context of {self.context_length} "
-                "tokens; shorten the prompt or system_prompt")
-        seq = Sequence(request, TextStream(self.tokenizer, request.stop_sequences),
-                       torch.Generator().manual_seed(request.sampling.seed),
-                       max_new=min(request.sampling.max_new_tokens, self.context_length - n_prompt),
-                       submitted_at=time.perf_counter())
-        request.stats.input_tokens = n_prompt
+        seq = Sequence.start(request, self.tokenizer, self.context_length,
+                             generator=torch.Generator().manual_seed(request.sampling.seed))
         with self.wake:
             self.waiting.append(seq)
             if self.thread is None:
@@ -87,7 +70,7 @@ class BatchEngine:
                     self.step()
                 except Exception as e:  # a bug or out-of-memory: fail what is in flight, keep serving
                     for seq in self.running:
-                        self._finish(seq, ("error", e))
+                        seq.finish(("error", e))
                     self.running = []
 
     def step(self) -> None:
@@ -161,34 +144,7 @@ class BatchEngine:
             self._take_token(seq, logits[i], token)
 
     def _take_token(self, seq: Sequence, logits: torch.Tensor, token: int | None = None) -> None:
-        stats = seq.request.stats
         if token is None:
             token = pick_next_token(logits, seq.request.sampling, seq.generator)
-        now = time.perf_counter()
-        if stats.output_tokens == 0 and seq.last_token < 0:
-            stats.time_to_first_token = now - seq.submitted_at
-            seq.first_token_at = now
-        if token in self.eos_ids:
-            stats.stop_reason = "eos"
-            return self._finish(seq)
-        stats.output_tokens += 1
-        stats.token_ids.append(token)
-        piece = seq.stream.push(token)
-        if piece:
-            seq.request.emit(("text", piece))
-        stats.decode_seconds = now - seq.first_token_at
-        if seq.stream.stopped:
-            stats.stop_reason = "stop_sequence"
-            return self._finish(seq)
-        if stats.output_tokens >= seq.max_new:
-            stats.stop_reason = "length"
-            return self._finish(seq)
-        seq.last_token = token
-
-    def _finish(self, seq: Sequence, final: tuple = ("done", None)) -> None:
-        seq.finished = True
-        if final[0] == "done":
-            tail = seq.stream.flush()
-            if tail:
-                seq.request.emit(("text", tail))
-        seq.request.emit(final)
+        if seq.take(token, self.eos_ids):
+            seq.last_token = token

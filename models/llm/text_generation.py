@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,67 @@ class Request:
     emit: Callable[[tuple], None]
     stats: GenerationStats = field(default_factory=GenerationStats)
     cancelled: bool = False
+
+
+@dataclass
+class Generation:
+    """One request inside an engine (models/llm/engine.py, ct2_engine.py): its text stream, its
+    budget and what a produced token does to it, the same whichever engine produced the token."""
+    request: Request
+    stream: TextStream
+    max_new: int
+    submitted_at: float
+    first_token_at: float = 0.0
+    finished: bool = False
+
+    @classmethod
+    def start(cls, request: Request, tokenizer: Tokenizer, context_length: int, **fields):
+        """Raises PromptTooLongError/ValueError at once for a prompt that cannot run."""
+        n_prompt = len(request.prompt_ids)
+        if n_prompt == 0:
+            raise ValueError("prompt: the prompt is empty after tokenization")
+        if n_prompt >= context_length:
+            raise PromptTooLongError(
+                f"prompt: {n_prompt} tokens does not fit the model's context of {context_length} "
+                "tokens; shorten the prompt or system_prompt")
+        request.stats.input_tokens = n_prompt
+        return cls(request, TextStream(tokenizer, request.stop_sequences),
+                   max_new=min(request.sampling.max_new_tokens, context_length - n_prompt),
+                   submitted_at=time.perf_counter(), **fields)
+
+    def take(self, token: int, eos_ids: set[int]) -> bool:
+        """Record and stream one produced token; False once the generation has finished."""
+        stats = self.request.stats
+        now = time.perf_counter()
+        if self.first_token_at == 0.0:
+            stats.time_to_first_token = now - self.submitted_at
+            self.first_token_at = now
+        if token in eos_ids:
+            stats.stop_reason = "eos"
+            return self.finish()
+        stats.output_tokens += 1
+        stats.token_ids.append(token)
+        piece = self.stream.push(token)
+        if piece:
+            self.request.emit(("text", piece))
+        stats.decode_seconds = now - self.first_token_at
+        if self.stream.stopped:
+            stats.stop_reason = "stop_sequence"
+            return self.finish()
+        if stats.output_tokens >= self.max_new:
+            stats.stop_reason = "length"
+            return self.finish()
+        return True
+
+    def finish(self, final: tuple = ("done", None)) -> bool:
+        """Flush the held-back text (unless it failed) and tell the consumer; returns False."""
+        self.finished = True
+        if final[0] == "done":
+            tail = self.stream.flush()
+            if tail:
+                self.request.emit(("text", tail))
+        self.request.emit(final)
+        return False
 
 
 def pick_next_token(logits, s: Sampling, generator) -> int:
