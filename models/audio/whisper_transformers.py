@@ -54,33 +54,30 @@ def ct2_to_hf_state(v: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], di
             if name != "k_proj":
                 state[f"{hf_prefix}.{name}.bias"] = b
 
+    def self_attention_and_ffn(dst: str, src: str) -> None:  # what encoder and decoder layers share
+        fused(f"{dst}.self_attn", f"{src}/self_attention/linear_0", ["q_proj", "k_proj", "v_proj"])
+        put(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
+        norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
+        put(f"{dst}.fc1", f"{src}/ffn/linear_0")
+        put(f"{dst}.fc2", f"{src}/ffn/linear_1")
+        norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
+
     enc_layers, dec_layers = layer_count(v, "encoder"), layer_count(v, "decoder")
     put("model.encoder.conv1", "encoder/conv1")
     put("model.encoder.conv2", "encoder/conv2")
     state["model.encoder.embed_positions.weight"] = v["encoder/position_encodings/encodings"]
     for i in range(enc_layers):
-        src, dst = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
-        fused(f"{dst}.self_attn", f"{src}/self_attention/linear_0", ["q_proj", "k_proj", "v_proj"])
-        put(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
-        norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
-        put(f"{dst}.fc1", f"{src}/ffn/linear_0")
-        put(f"{dst}.fc2", f"{src}/ffn/linear_1")
-        norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
+        self_attention_and_ffn(f"model.encoder.layers.{i}", f"encoder/layer_{i}")
     norm("model.encoder.layer_norm", "encoder/layer_norm")
     state["model.decoder.embed_tokens.weight"] = v["decoder/embeddings/weight"]
     state["model.decoder.embed_positions.weight"] = v["decoder/position_encodings/encodings"]
     for i in range(dec_layers):
         src, dst = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        fused(f"{dst}.self_attn", f"{src}/self_attention/linear_0", ["q_proj", "k_proj", "v_proj"])
-        put(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
-        norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
+        self_attention_and_ffn(dst, src)
         put(f"{dst}.encoder_attn.q_proj", f"{src}/attention/linear_0")
         fused(f"{dst}.encoder_attn", f"{src}/attention/linear_1", ["k_proj", "v_proj"])
         put(f"{dst}.encoder_attn.out_proj", f"{src}/attention/linear_2")
         norm(f"{dst}.encoder_attn_layer_norm", f"{src}/attention/layer_norm")
-        put(f"{dst}.fc1", f"{src}/ffn/linear_0")
-        put(f"{dst}.fc2", f"{src}/ffn/linear_1")
-        norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
     norm("model.decoder.layer_norm", "decoder/layer_norm")
     shape = {
         "d_model": v["decoder/embeddings/weight"].shape[1],
