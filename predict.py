@@ -87,11 +87,11 @@ class LLMRunner(BaseRunner):
         from cogkit.snapshot import BootSnapshot, save_compile_cache, use_compile_cache, write_warmup
         from cogkit.weights import read_manifest
         from models.llm.build import compile_enabled, snapshot_extra
-        from models.llm.text_generation import TextGenerator, weights_engine
+        from models.llm.text_generation import TextGenerator
 
         folder = weights_folder("llm")
         manifest = read_manifest(folder)
-        engine = weights_engine(folder)
+        engine = manifest.get("engine", "torch")  # builds from before engines existed: torch
         if engine == "ctranslate2":  # boots without torch
             from models.llm.ct2_engine import cuda_available
 

@@ -64,11 +64,15 @@ def convert(source: Path, out: Path, dtype: str, engine: str = "torch") -> dict:
     check_tensors(state, fields)
     state = fuse_projections(state)  # one qkv and one gate/up matmul per layer at run time
     if engine == "ctranslate2":
-        from models.llm.ct2_build import write_ct2_folder
+        from models.llm.ct2_build import write_ct2_model
 
-        write_ct2_folder(out, state, fields, config_json, tokenizer_json, tokenizer_config, dtype)
+        write_ct2_model(out, state, fields, tokenizer_json, tokenizer_config, dtype)
     else:
-        write_folder(out, state, config_json, tokenizer_json, tokenizer_config, dtype)
+        write_model(out, state, dtype)
+    # What the predictor reads whichever engine runs the model.
+    (out / "config.json").write_text(json.dumps({**config_json, "torch_dtype": dtype, "dtype": dtype}, indent=2))
+    (out / "tokenizer.json").write_text(tokenizer_json)
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     return {"dtype": dtype, "engine": engine, "architecture": fields["model_type"],
             "rope_type": fields["rope"]["rope_type"], "parameters": sum(t.numel() for t in state.values())}
 
@@ -86,9 +90,8 @@ def check_tensors(state: dict, fields: dict) -> None:
                          + "; ".join(parts))
 
 
-def write_folder(out: Path, state: dict, config_json: dict, tokenizer_json: str, tokenizer_config: dict,
-                 dtype: str):
-    """The runtime folder, with projections fused (models.llm.llama.FUSED). With `int8`, every projection
+def write_model(out: Path, state: dict, dtype: str):
+    """model.safetensors for the torch engine, with projections fused (models.llm.llama.FUSED). With `int8`, every projection
     and the output head are int8 rows plus one float32 scale per row; the rest stays float32."""
     import torch
     from safetensors.torch import save_file
@@ -103,9 +106,6 @@ def write_folder(out: Path, state: dict, config_json: dict, tokenizer_json: str,
         state = {k: v.to(getattr(torch, dtype)) for k, v in state.items()}
     state = {k: v.contiguous() for k, v in state.items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps({**config_json, "torch_dtype": dtype, "dtype": dtype}, indent=2))
-    (out / "tokenizer.json").write_text(tokenizer_json)
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
 
 
 def unpermute_rope(w, n_heads: int):

@@ -2,12 +2,11 @@
 
 CTranslate2's own converters need transformers and torch and read Hugging Face folders; the build
 already holds the checkpoint's tensors (from GGUF or a folder) and its resolved config, so it fills
-CTranslate2's decoder spec directly and lets CTranslate2 quantise and save it. The folder keeps the
-tokenizer, chat template and config.json the predictor reads, plus `ctranslate2/` (model.bin,
-config.json, vocabulary.json) for the engine.
+CTranslate2's decoder spec directly and lets CTranslate2 quantise and save it under `ctranslate2/`
+(model.bin, config.json, vocabulary.json); build.convert writes the tokenizer, chat template and
+config.json the predictor reads beside it, as for the torch engine.
 """
 
-import json
 from pathlib import Path
 
 CT2_FOLDER = "ctranslate2"
@@ -31,9 +30,9 @@ def unsupported_reason(fields: dict) -> str | None:
     return None
 
 
-def write_ct2_folder(out: Path, state: dict, fields: dict, config_json: dict, tokenizer_json: str,
-                     tokenizer_config: dict, dtype: str) -> None:
-    """`state` holds the fused tensors of models.llm.llama (qkv_proj, gate_up_proj), float."""
+def write_ct2_model(out: Path, state: dict, fields: dict, tokenizer_json: str, tokenizer_config: dict,
+                    dtype: str) -> None:
+    """`out/ctranslate2/`; `state` holds the fused tensors of models.llm.llama (qkv_proj, gate_up_proj)."""
     from ctranslate2.specs import attention_spec, common_spec, transformer_spec
 
     if dtype not in CT2_DTYPES:
@@ -88,9 +87,6 @@ def write_ct2_folder(out: Path, state: dict, fields: dict, config_json: dict, to
     spec.optimize(quantization=dtype)
     (out / CT2_FOLDER).mkdir()
     spec.save(str(out / CT2_FOLDER))
-    (out / "config.json").write_text(json.dumps({**config_json, "torch_dtype": dtype, "dtype": dtype}, indent=2))
-    (out / "tokenizer.json").write_text(tokenizer_json)
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
 
 
 def set_linear(spec, numpy: dict, name: str) -> None:
