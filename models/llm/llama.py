@@ -16,6 +16,7 @@ only over the filled part of the cache (up to the largest position in the batch)
 
 import json
 import math
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,10 +111,18 @@ def split_projections(state: dict, cfg: LlamaConfig) -> dict:
 
 
 class Linear(nn.Linear):
+    # oneDNN's blocked copy of `weight`, for calls of several rows (see `cpu_layouts`).
+    packed: torch.Tensor | None = None
+
     def reset_parameters(self):
         # Weights always come from the checkpoint. Initialising on `meta` would also import torch's
         # decomposition tables (sympy and friends): about a second of boot time for nothing.
         pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and x.numel() > x.shape[-1]:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
 
 
 class Int8Linear(nn.Module):
@@ -407,6 +416,35 @@ def _install_int8(model: Llama, state: dict) -> None:
         setattr(parent, child, Int8Linear(state.pop(f"{name}.weight"), state.pop(f"{name}.scale"), bias))
 
 
+# Rows a packed weight is laid out for; oneDNN runs any number of rows on it (measured: 4 to 32 rows
+# all gain, and a row's result is the same alone or batched).
+PACK_ROWS = 16
+
+
+def cpu_layouts(model: Llama) -> None:
+    """Lay each float32 projection weight out twice for the CPU's GEMMs: column-major for one-row
+    calls (a decode step of a single sequence), and oneDNN's blocked layout (`Linear.packed`) for
+    calls of several rows (batched decode steps, prefill). MKL's GEMM on a plain layout re-packs the
+    weight on every call, and for a few rows that costs as much as the product itself. Measured on
+    SmolLM2-135M's shapes, one thread, tokens/s of all projections: 8 rows 71 -> 106, 16 rows
+    121 -> 180, while one row runs faster column-major (23 vs 19 packed). The price is a second copy
+    of the projection weights in memory. Both copies are read from the memory-mapped checkpoint, so
+    they are made side by side: the packing on a second thread (torch releases the GIL)."""
+    linears = [(m, m.weight) for m in model.modules()
+               if isinstance(m, Linear) and m.weight.dtype == torch.float32]
+
+    def pack() -> None:
+        for module, weight in linears:
+            module.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
+
+    packer = threading.Thread(target=pack, name="pack-weights") if torch.backends.mkldnn.is_available() else None
+    if packer is not None:
+        packer.start()
+    column_major_weights(model)
+    if packer is not None:
+        packer.join()
+
+
 def column_major_weights(model: Llama) -> None:
     """Store each float Linear weight transposed in memory ([in, out] contiguous; `weight` stays the
     usual [out, in] view of it). On CPU, MKL's GEMM for a few rows (a decode step of 8 sequences)
@@ -443,5 +481,5 @@ def load_llama(folder: Path, device: str | torch.device = "cpu") -> Llama:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
     if torch.device(device).type == "cpu":
-        column_major_weights(model)
+        cpu_layouts(model)
     return model.eval().requires_grad_(False)
