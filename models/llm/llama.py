@@ -111,8 +111,10 @@ def split_projections(state: dict, cfg: LlamaConfig) -> dict:
 
 
 class Linear(nn.Linear):
-    # oneDNN's blocked copy of `weight`, for calls of several rows (see `cpu_layouts`).
+    # oneDNN's blocked copy of `weight` (see `cpu_layouts`), read instead of `weight` while
+    # `use_packed` is set (`Llama.set_batching`).
     packed: torch.Tensor | None = None
+    use_packed: bool = False
 
     def reset_parameters(self):
         # Weights always come from the checkpoint. Initialising on `meta` would also import torch's
@@ -120,7 +122,7 @@ class Linear(nn.Linear):
         pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and x.numel() > x.shape[-1]:
+        if self.use_packed:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
@@ -361,6 +363,13 @@ class Llama(nn.Module):
         if self.rope is None:
             self.rope = rope_table(self.cfg, self.dtype, self.device)
 
+    def set_batching(self, on: bool) -> None:
+        """Whether the next calls run several sequences: the float32 projections then read their
+        packed copies, where `cpu_layouts` made them."""
+        for module in self.modules():
+            if isinstance(module, Linear) and module.packed is not None:
+                module.use_packed = on
+
     def move_slot(self, src: int, dst: int, length: int) -> None:
         """Copy one sequence's cache to another slot (to keep the running sequences contiguous)."""
         for layer in self.model.layers:
@@ -422,14 +431,17 @@ PACK_ROWS = 16
 
 
 def cpu_layouts(model: Llama) -> None:
-    """Lay each float32 projection weight out twice for the CPU's GEMMs: column-major for one-row
-    calls (a decode step of a single sequence), and oneDNN's blocked layout (`Linear.packed`) for
-    calls of several rows (batched decode steps, prefill). MKL's GEMM on a plain layout re-packs the
-    weight on every call, and for a few rows that costs as much as the product itself. Measured on
-    SmolLM2-135M's shapes, one thread, tokens/s of all projections: 8 rows 71 -> 106, 16 rows
-    121 -> 180, while one row runs faster column-major (23 vs 19 packed). The price is a second copy
-    of the projection weights in memory. Both copies are read from the memory-mapped checkpoint, so
-    they are made side by side: the packing on a second thread (torch releases the GIL)."""
+    """Lay each float32 projection weight out twice for the CPU's GEMMs: column-major, and oneDNN's
+    blocked layout (`Linear.packed`), used while the engine runs several sequences. MKL's GEMM on a
+    plain layout re-packs the weight on every call, and for a few rows that costs as much as the
+    product itself. Measured on SmolLM2-135M's shapes, one thread, tokens/s of all projections:
+    8 rows 71 -> 106, 16 rows 121 -> 180, while one row runs faster column-major (23 vs 19 packed).
+    A lone sequence keeps to the column-major copy for its prefill too: a prefill on the packed copy
+    must fetch it from memory while the column-major one sits in the CPU's cache from the last
+    decode steps (in-process, 8 prompts one after the other: time to first token 149 vs 171 ms).
+    The price is a second copy of the projection weights in memory. Both copies are read from the
+    memory-mapped checkpoint, so they are made side by side: the packing on a second thread (torch
+    releases the GIL)."""
     linears = [(m, m.weight) for m in model.modules()
                if isinstance(m, Linear) and m.weight.dtype == torch.float32]
 
