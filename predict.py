@@ -447,21 +447,25 @@ class WhisperRunner(BaseRunner):
     @logged_setup
     def setup(self) -> None:
         timer = SetupTimer()
-        import faster_whisper  # noqa: F401 - CTranslate2, tokenizers, onnxruntime (VAD): timed as imports
+        from models.audio.whisper import compute_type as whisper_compute_type, snapshot_extra
+        from models.audio.whisper_runtime import ModelLoad, Transcriber, import_faster_whisper, runtime_device
+
+        folder, dev = self.weights(), runtime_device()
+        compute_type = whisper_compute_type(folder, dev)
+        # CTranslate2 reads the weights on a thread from here on, while this one imports faster-whisper
+        # and parses the tokenizer: "imports" and "load" overlap.
+        loading = ModelLoad(folder, dev, compute_type)
+        import_faster_whisper()
 
         from cogkit.snapshot import BootSnapshot, recorded_warmup, write_warmup
         from cogkit.weights import read_manifest
-        from models.audio.whisper import compute_type as whisper_compute_type, snapshot_extra
-        from models.audio.whisper_runtime import Transcriber, runtime_device
 
         timer.done("imports")
-        folder, dev = self.weights(), runtime_device()
-        compute_type = whisper_compute_type(folder, dev)
         if (folder / "manifest.json").is_file():
             manifest = read_manifest(folder)
             print(f"setup: weights {folder} ({manifest['dtype']}, from {manifest['source']}); "
                   f"running {compute_type} on {dev}", flush=True)
-        self.transcriber = Transcriber(folder, dev, compute_type)
+        self.transcriber = Transcriber(folder, dev, compute_type, loading=loading)
         timer.done("load")
         # The snapshot's key covers these weights, engine versions, compute type and CPU.
         boot = BootSnapshot(folder, dev, lambda: snapshot_extra(dev, folder))

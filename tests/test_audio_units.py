@@ -1,5 +1,9 @@
 """Audio file reading, subtitles, sentence splitting and the CTranslate2 reader, without a server."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -7,6 +11,8 @@ from models.audio.audio_io import AudioInputError, read_audio, write_audio
 from models.audio.subtitles import to_srt, to_vtt
 from models.audio.tts import MAX_SENTENCE_CHARS, TextInputError, check_text, sentences
 from tests.fixtures_audio import encode_sound, read_sound
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def tone(seconds=1.0, rate=22050, channels=1, level=0.3):
@@ -171,6 +177,34 @@ def test_parallel_load_builds_the_model_faster_whispers_constructor_builds(real_
     heard = [[(w.word, w.start, w.end) for s in m.transcribe(samples, beam_size=1, word_timestamps=True)[0]
               for w in s.words] for m in (ours, stock)]
     assert heard[0] == heard[1] and "".join(w for w, _, _ in heard[0]).strip() == FOX_TEXT
+
+
+def test_faster_whisper_imports_pyav_only_when_decode_audio_uses_it(real_whisper_weights):
+    """The predictor imports faster-whisper with a stand-in for PyAV, which faster-whisper imports only
+    for decode_audio() (cogkit decodes with libsndfile): loading the model and transcribing, with the
+    voice-activity filter and batching too, import no av; decode_audio() still works (the stand-in
+    imports the real av then), and `import av` elsewhere gets the real module. Fresh interpreter:
+    this one may have imported av already."""
+    code = (
+        "import sys\n"
+        "from models.audio.audio_io import read_audio\n"
+        "from models.audio.clips import FOX_CLIP\n"
+        "from models.audio.whisper_runtime import Transcriber\n"
+        "t = Transcriber(sys.argv[1], 'cpu', 'int8', threads=1)\n"
+        "print(t.transcribe(read_audio(FOX_CLIP).samples, timestamps='word', vad_filter=True, batch_size=2).text)\n"
+        "print('av' in sys.modules)\n"
+        "import faster_whisper\n"
+        "samples = faster_whisper.decode_audio(str(FOX_CLIP))\n"
+        "import av\n"
+        "print(type(av).__name__, faster_whisper.audio.av.open is av.open,\n"
+        "      round(len(samples) / 16000, 1) == round(read_audio(FOX_CLIP).duration, 1))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(real_whisper_weights)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    text, av_imported, after = done.stdout.strip().splitlines()[-3:]
+    assert "quick brown fox" in text.lower()
+    assert av_imported == "False"
+    assert after == "module True True"
 
 
 def test_the_real_speech_clip_is_heard_and_scored_against_its_transcript(real_whisper_weights):

@@ -9,7 +9,10 @@ transcription (the audio cut at pauses into chunks of up to 30 s, decoded in bat
 Nothing here imports torch or transformers.
 """
 
+import importlib
 import os
+import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,20 +70,67 @@ def runtime_device() -> str:
     return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
-def load_model(folder: Path, device: str, compute_type: str, threads: int):
-    """faster-whisper's WhisperModel on a built folder, loaded in parallel: CTranslate2 reads and
-    prepares the weights on a thread (it releases the GIL) while this thread parses tokenizer.json
-    (the tokenizers library holds the GIL). WhisperModel's own constructor does the two in turn."""
-    from concurrent.futures import ThreadPoolExecutor
+class ImportedOnUse(types.ModuleType):
+    """Stands for a module not imported yet: the first attribute asked of it imports the module."""
 
-    import ctranslate2
-    import tokenizers
+    def __getattr__(self, name: str):  # only called for attributes a plain module does not have
+        return getattr(importlib.import_module(self.__name__), name)
 
-    with ThreadPoolExecutor(1, thread_name_prefix="ctranslate2-load") as pool:
-        ct2 = pool.submit(ctranslate2.models.Whisper, str(folder), device=device, compute_type=compute_type,
-                          intra_threads=threads)
-        tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
-        return preloaded_whisper_model(ct2.result(), tokenizer, folder)
+
+def import_faster_whisper():
+    """Import faster-whisper without importing PyAV (~35 ms of its ~110 ms here). faster-whisper
+    imports av at the top of faster_whisper/audio.py for decode_audio(), which cogkit never calls: the
+    predictors decode with libsndfile (models/audio/audio_io.py) and hand faster-whisper samples.
+    While faster-whisper imports, sys.modules holds a stand-in for av, which faster_whisper.audio
+    keeps; the stand-in imports the real av when decode_audio() first uses it. It leaves sys.modules
+    right after, so any other `import av` imports the real one."""
+    if "faster_whisper" in sys.modules or "av" in sys.modules:
+        import faster_whisper
+
+        return faster_whisper
+    stand_in = sys.modules["av"] = ImportedOnUse("av")
+    try:
+        import faster_whisper
+    finally:
+        if sys.modules.get("av") is stand_in:
+            del sys.modules["av"]
+    return faster_whisper
+
+
+class ModelLoad:
+    """CTranslate2 reading a built folder on a thread, started before faster-whisper is imported:
+    CTranslate2 releases the GIL while it reads and prepares the weights, so the caller imports
+    faster-whisper and parses tokenizer.json (both hold the GIL) meanwhile. WhisperModel's own
+    constructor does these one after the other."""
+
+    def __init__(self, folder: Path, device: str, compute_type: str, threads: int | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        import ctranslate2
+
+        self.folder = Path(folder)
+        if not (self.folder / "model.bin").is_file():
+            raise FileNotFoundError(f"{folder} holds no CTranslate2 model.bin (weights built by an older cogkit "
+                                    "hold a transformers checkpoint); run `cogkit build-weights whisper`")
+        if threads is None:  # 0 lets CTranslate2 follow OMP_NUM_THREADS (4 when unset)
+            threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="ctranslate2-load")
+        self.ct2 = pool.submit(ctranslate2.models.Whisper, str(self.folder), device=device,
+                               compute_type=compute_type, intra_threads=threads)
+        pool.shutdown(wait=False)  # the thread ends after this one load
+
+    def model(self):
+        """faster-whisper's WhisperModel: parses tokenizer.json here, then waits for CTranslate2."""
+        import tokenizers
+
+        tokenizer = tokenizers.Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        return preloaded_whisper_model(self.ct2.result(), tokenizer, self.folder)
+
+
+def load_model(folder: Path, device: str, compute_type: str, threads: int | None = None):
+    """faster-whisper's WhisperModel on a built folder, the CTranslate2 model and the tokenizer loaded
+    side by side (ModelLoad)."""
+    return ModelLoad(folder, device, compute_type, threads).model()
 
 
 def preloaded_whisper_model(model, tokenizer, folder: Path):
@@ -106,16 +156,14 @@ def preloaded_whisper_model(model, tokenizer, folder: Path):
 
 
 class Transcriber:
-    def __init__(self, folder: Path, device: str, compute_type: str, threads: int | None = None):
-        from faster_whisper import BatchedInferencePipeline
-
-        if not (Path(folder) / "model.bin").is_file():
-            raise FileNotFoundError(f"{folder} holds no CTranslate2 model.bin (weights built by an older cogkit "
-                                    "hold a transformers checkpoint); run `cogkit build-weights whisper`")
-        if threads is None:  # 0 lets CTranslate2 follow OMP_NUM_THREADS (4 when unset)
-            threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
-        self.model = load_model(Path(folder), device, compute_type, threads)
-        self.batched = BatchedInferencePipeline(self.model)
+    def __init__(self, folder: Path, device: str, compute_type: str, threads: int | None = None,
+                 loading: ModelLoad | None = None):
+        """`loading`: a ModelLoad of this folder already under way (setup starts it before importing
+        faster-whisper); without one, the load starts here."""
+        loading = loading or ModelLoad(folder, device, compute_type, threads)
+        faster_whisper = import_faster_whisper()
+        self.model = loading.model()
+        self.batched = faster_whisper.BatchedInferencePipeline(self.model)
         self.multilingual = bool(self.model.model.is_multilingual)
 
     def check_options(self, language: str | None, task: str, vad_filter: bool, batch_size: int) -> str | None:
