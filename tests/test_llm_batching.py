@@ -56,8 +56,12 @@ def test_greedy_and_seeded_text_is_the_same_batched_as_alone(endless):
                           top_p=0.95, seed=i) for i in range(len(PROMPTS))]
     alone = generate_alone(endless, PROMPTS, samplings)
     gen = TextGenerator(endless, max_batch=8)
+    switches = []  # the engine tells the model when it runs several sequences (packed weights on CPU)
+    set_batching = gen.model.set_batching
+    gen.model.set_batching = lambda on: (switches.append(on), set_batching(on))
     together = generate_together(gen, PROMPTS, samplings)
     assert max(gen.engine.batch_sizes) >= 4  # they really ran in one batch
+    assert switches and switches[0] is True
     for (text, ids), (btext, bids, stats) in zip(alone, together, strict=True):
         assert bids == ids
         assert btext == text

@@ -36,6 +36,22 @@ def test_cpu_linear_weights_are_column_major(tiny_weights_root):
         assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
 
 
+def test_batching_switches_the_projections_to_their_packed_copies(tiny_weights_root):
+    model = load_llama(tiny_weights_root / "llm")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(m.packed is not None for m in linears)  # the fast path for batches is really there
+    layer = model.model.layers[0].mlp.gate_up_proj
+    step = torch.randn(5, 1, layer.in_features)  # 5 sequences x 1 token
+    plain = torch.nn.functional.linear(step, layer.weight, layer.bias)
+    model.set_batching(True)
+    torch.testing.assert_close(layer(step), plain, atol=1e-5, rtol=1e-5)
+    # Which copy a call reads: a packed copy of zeros shows up only while batching.
+    layer.packed = torch.ops.mkldnn._reorder_linear_weight(torch.zeros_like(layer.weight), 16)
+    assert not layer(step).any()
+    model.set_batching(False)
+    assert torch.equal(layer(step), plain)
+
+
 def test_incremental_decoding_matches_full_forward(tiny_weights_root):
     model = load_llama(tiny_weights_root / "llm")
     model.setup_cache(32)

@@ -46,6 +46,7 @@ class BatchEngine:
         self.thread: threading.Thread | None = None
         self.steps = 0  # decode steps run, and the batch sizes they had (for tests and metrics)
         self.batch_sizes: list[int] = []
+        self.batching = False  # several sequences running (the model may lay weights out for it)
 
     # ------------------------------------------------------------------ public, any thread
     def submit(self, request: Request) -> None:
@@ -76,6 +77,10 @@ class BatchEngine:
     def step(self) -> None:
         self._drop_finished()
         self._admit()
+        batching = len(self.running) > 1
+        if batching != self.batching:
+            self.model.set_batching(batching)
+            self.batching = batching
         prefilling = self.running[-1] if self.running and self.running[-1].last_token < 0 else None
         if prefilling is not None:
             self._prefill_chunk(prefilling, slot=len(self.running) - 1)

@@ -16,6 +16,7 @@ only over the filled part of the cache (up to the largest position in the batch)
 
 import json
 import math
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,10 +111,20 @@ def split_projections(state: dict, cfg: LlamaConfig) -> dict:
 
 
 class Linear(nn.Linear):
+    # oneDNN's blocked copy of `weight` (see `cpu_layouts`), read instead of `weight` while
+    # `use_packed` is set (`Llama.set_batching`).
+    packed: torch.Tensor | None = None
+    use_packed: bool = False
+
     def reset_parameters(self):
         # Weights always come from the checkpoint. Initialising on `meta` would also import torch's
         # decomposition tables (sympy and friends): about a second of boot time for nothing.
         pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_packed:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
 
 
 class Int8Linear(nn.Module):
@@ -175,6 +186,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.empty(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # one fused op instead of six, to the same numbers
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # Normalise in float32 whatever the storage dtype, as the reference implementation does.
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -183,18 +196,20 @@ class RMSNorm(nn.Module):
 
 def rope_table(cfg: LlamaConfig, dtype: torch.dtype, device) -> torch.Tensor:
     """cos and sin of every position in the context, stacked: [2, context, head_dim]. Computed once.
+    The first half of each sin row is negated: `apply_rope` then needs no negation of its own.
     (Dynamic scaling only changes frequencies past the context, which the model never reaches.)"""
 
     inv_freq, scale = inv_frequencies(cfg.rope, cfg.head_dim, cfg.max_position_embeddings, None, device)
     freqs = torch.arange(cfg.max_position_embeddings, device=device).float()[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
-    return torch.stack((emb.cos() * scale, emb.sin() * scale)).to(dtype)
+    sin = emb.sin() * scale
+    sin[:, : cfg.head_dim // 2] *= -1
+    return torch.stack((emb.cos() * scale, sin)).to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each head's halves: x * cos + (-x2, x1) * sin, with the sign inside `signed_sin`."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 @dataclass
@@ -202,6 +217,7 @@ class Batch:
     """Where one forward call reads and writes the KV cache."""
     first_slot: int
     positions: torch.Tensor  # [B, T] absolute positions of the new tokens
+    slots: torch.Tensor  # [B, 1] the cache slot of each row
     kv_len: int  # keys attended: cache positions 0 .. kv_len-1 (the filled part)
     mask: torch.Tensor  # [B, 1, T, kv_len] True where a query may see a key
     window_mask: torch.Tensor  # the same for sliding-window layers (Mistral, some Qwen)
@@ -217,7 +233,8 @@ class Batch:
         keys = torch.arange(kv_len, device=positions.device)[None, None, :]
         mask = (keys <= positions[:, :, None])[:, None]
         window_mask = (mask & (keys > positions[:, :, None] - window)[:, None]) if window else mask
-        return cls(first_slot, positions, kv_len, mask, window_mask)
+        slots = torch.arange(first_slot, first_slot + positions.shape[0], device=positions.device)[:, None]
+        return cls(first_slot, positions, slots, kv_len, mask, window_mask)
 
 
 class KVCache(nn.Module):
@@ -229,12 +246,10 @@ class KVCache(nn.Module):
 
     def update(self, batch: Batch, k: torch.Tensor, v: torch.Tensor):
         """Write the new keys/values ([B, kvH, T, hd]) and return views of the filled part."""
-        b = k.shape[0]
-        rows = torch.arange(batch.first_slot, batch.first_slot + b, device=k.device)[:, None]
         # Advanced indices around a slice put their dims first: the target is [B, T, kvH, hd].
-        self.k[rows, :, batch.positions] = k.transpose(1, 2)
-        self.v[rows, :, batch.positions] = v.transpose(1, 2)
-        sl = slice(batch.first_slot, batch.first_slot + b)
+        self.k[batch.slots, :, batch.positions] = k.transpose(1, 2)
+        self.v[batch.slots, :, batch.positions] = v.transpose(1, 2)
+        sl = slice(batch.first_slot, batch.first_slot + k.shape[0])
         return self.k[sl, :, : batch.kv_len], self.v[sl, :, : batch.kv_len]
 
     def move_slot(self, src: int, dst: int, length: int) -> None:
@@ -258,13 +273,14 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, batch: Batch):
         b, t, _ = x.shape
-        hd = self.cfg.head_dim
-        q, k, v = self.qkv_proj(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
-        q, k, v = q.view(b, t, -1, hd), k.view(b, t, -1, hd), v.view(b, t, -1, hd)
+        n_q, n_kv = self.cfg.num_attention_heads, self.cfg.num_key_value_heads
+        heads = self.qkv_proj(x).view(b, t, n_q + 2 * n_kv, self.cfg.head_dim).transpose(1, 2)
         if self.cfg.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k, v = heads.split((n_q, n_kv, n_kv), dim=1)
+            q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
+        else:  # the query and key heads rotate in one go
+            qk, v = heads.split((n_q + n_kv, n_kv), dim=1)
+            q, k = apply_rope(qk, cos, sin).split((n_q, n_kv), dim=1)
         k, v = self.kv_cache.update(batch, k, v)
         mask = batch.window_mask if self.sliding else batch.mask
         if batch.row_kv_lens is None or b == 1:
@@ -352,6 +368,13 @@ class Llama(nn.Module):
         if self.rope is None:
             self.rope = rope_table(self.cfg, self.dtype, self.device)
 
+    def set_batching(self, on: bool) -> None:
+        """Whether the next calls run several sequences: the float32 projections then read their
+        packed copies, where `cpu_layouts` made them."""
+        for module in self.modules():
+            if isinstance(module, Linear) and module.packed is not None:
+                module.use_packed = on
+
     def move_slot(self, src: int, dst: int, length: int) -> None:
         """Copy one sequence's cache to another slot (to keep the running sequences contiguous)."""
         for layer in self.model.layers:
@@ -407,6 +430,38 @@ def _install_int8(model: Llama, state: dict) -> None:
         setattr(parent, child, Int8Linear(state.pop(f"{name}.weight"), state.pop(f"{name}.scale"), bias))
 
 
+# Rows a packed weight is laid out for; oneDNN runs any number of rows on it (measured: 4 to 32 rows
+# all gain, and a row's result is the same alone or batched).
+PACK_ROWS = 16
+
+
+def cpu_layouts(model: Llama) -> None:
+    """Lay each float32 projection weight out twice for the CPU's GEMMs: column-major, and oneDNN's
+    blocked layout (`Linear.packed`), used while the engine runs several sequences. MKL's GEMM on a
+    plain layout re-packs the weight on every call, and for a few rows that costs as much as the
+    product itself. Measured on SmolLM2-135M's shapes, one thread, tokens/s of all projections:
+    8 rows 71 -> 106, 16 rows 121 -> 180, while one row runs faster column-major (23 vs 19 packed).
+    A lone sequence keeps to the column-major copy for its prefill too: a prefill on the packed copy
+    must fetch it from memory while the column-major one sits in the CPU's cache from the last
+    decode steps (in-process, 8 prompts one after the other: time to first token 149 vs 171 ms).
+    The price is a second copy of the projection weights in memory. Both copies are read from the
+    memory-mapped checkpoint, so they are made side by side: the packing on a second thread (torch
+    releases the GIL)."""
+    linears = [(m, m.weight) for m in model.modules()
+               if isinstance(m, Linear) and m.weight.dtype == torch.float32]
+
+    def pack() -> None:
+        for module, weight in linears:
+            module.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
+
+    packer = threading.Thread(target=pack, name="pack-weights") if torch.backends.mkldnn.is_available() else None
+    if packer is not None:
+        packer.start()
+    column_major_weights(model)
+    if packer is not None:
+        packer.join()
+
+
 def column_major_weights(model: Llama) -> None:
     """Store each float Linear weight transposed in memory ([in, out] contiguous; `weight` stays the
     usual [out, in] view of it). On CPU, MKL's GEMM for a few rows (a decode step of 8 sequences)
@@ -443,5 +498,5 @@ def load_llama(folder: Path, device: str | torch.device = "cpu") -> Llama:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
     if torch.device(device).type == "cpu":
-        column_major_weights(model)
+        cpu_layouts(model)
     return model.eval().requires_grad_(False)
