@@ -135,7 +135,7 @@ def load_model(folder: Path, device: str, compute_type: str, threads: int | None
 
 def preloaded_whisper_model(model, tokenizer, folder: Path):
     """A WhisperModel around an already loaded CTranslate2 model and tokenizer: the attributes
-    faster-whisper's constructor sets (pinned faster-whisper; tests/test_whisper_build.py compares every
+    faster-whisper's constructor sets (pinned faster-whisper; tests/test_audio_units.py compares every
     attribute with a WhisperModel built the usual way, so an upgrade that changes them fails there)."""
     from faster_whisper import WhisperModel
     from faster_whisper.feature_extractor import FeatureExtractor
