@@ -37,7 +37,9 @@ def test_cpu_linear_weights_are_column_major(tiny_weights_root):
 
 
 def test_batching_switches_the_projections_to_their_packed_copies(tiny_weights_root):
-    model = load_llama(tiny_weights_root / "llm")
+    assert all(m.packed is None for m in load_llama(tiny_weights_root / "llm").modules()
+               if isinstance(m, torch.nn.Linear))  # one sequence at a time: no second copy
+    model = load_llama(tiny_weights_root / "llm", batched=True)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert all(m.packed is not None for m in linears)  # the fast path for batches is really there
     layer = model.model.layers[0].mlp.gate_up_proj
@@ -50,6 +52,18 @@ def test_batching_switches_the_projections_to_their_packed_copies(tiny_weights_r
     assert not layer(step).any()
     model.set_batching(False)
     assert torch.equal(layer(step), plain)
+
+
+def test_no_packed_copy_where_memory_is_short(tiny_weights_root, monkeypatch, capsys):
+    import models.llm.llama as llama
+
+    monkeypatch.setattr(llama, "available_memory", lambda: 1000.0)  # this machine has plenty
+    model = load_llama(tiny_weights_root / "llm", batched=True)
+    assert all(m.packed is None for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert "batches run on the column-major weights: packing them would take" in capsys.readouterr().out
+    model.set_batching(True)  # and batching still runs, on the column-major copy
+    model.setup_cache(16, slots=2)
+    assert model(torch.tensor([[1], [2]]), torch.tensor([[0], [0]])).shape[0] == 2
 
 
 def test_incremental_decoding_matches_full_forward(tiny_weights_root):

@@ -435,31 +435,48 @@ def _install_int8(model: Llama, state: dict) -> None:
 PACK_ROWS = 16
 
 
-def cpu_layouts(model: Llama) -> None:
-    """Lay each float32 projection weight out twice for the CPU's GEMMs: column-major, and oneDNN's
-    blocked layout (`Linear.packed`), used while the engine runs several sequences. MKL's GEMM on a
+def cpu_layouts(model: Llama, batched: bool) -> None:
+    """Lay each float32 projection weight out for the CPU's GEMMs: column-major, and, for an engine
+    that batches, also in oneDNN's blocked layout (`Linear.packed`), used while it runs several
+    sequences. MKL's GEMM on a
     plain layout re-packs the weight on every call, and for a few rows that costs as much as the
     product itself. Measured on SmolLM2-135M's shapes, one thread, tokens/s of all projections:
     8 rows 71 -> 106, 16 rows 121 -> 180, while one row runs faster column-major (23 vs 19 packed).
     A lone sequence keeps to the column-major copy for its prefill too: a prefill on the packed copy
     must fetch it from memory while the column-major one sits in the CPU's cache from the last
     decode steps (in-process, 8 prompts one after the other: time to first token 149 vs 171 ms).
-    The price is a second copy of the projection weights in memory. Both copies are read from the
+    The price is a second copy of the projection weights in memory, so it is skipped (and said) when
+    that copy would take more than half the memory available. Both copies are read from the
     memory-mapped checkpoint, so they are made side by side: the packing on a second thread (torch
     releases the GIL)."""
     linears = [(m, m.weight) for m in model.modules()
                if isinstance(m, Linear) and m.weight.dtype == torch.float32]
+    size = sum(w.numel() * w.element_size() for _, w in linears)
+    if batched and size > available_memory() / 2:
+        print(f"setup: batches run on the column-major weights: packing them would take {size / 1e9:.1f} GB "
+              f"of {available_memory() / 1e9:.1f} GB available", flush=True)
+        batched = False
 
     def pack() -> None:
         for module, weight in linears:
             module.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
 
-    packer = threading.Thread(target=pack, name="pack-weights") if torch.backends.mkldnn.is_available() else None
+    use_packing = batched and linears and torch.backends.mkldnn.is_available()
+    packer = threading.Thread(target=pack, name="pack-weights") if use_packing else None
     if packer is not None:
         packer.start()
     column_major_weights(model)
     if packer is not None:
         packer.join()
+
+
+def available_memory() -> float:
+    """Bytes of memory the kernel could hand out now (MemAvailable); infinite where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return float("inf")
 
 
 def column_major_weights(model: Llama) -> None:
@@ -473,10 +490,11 @@ def column_major_weights(model: Llama) -> None:
             module.weight = nn.Parameter(module.weight.t().contiguous().t(), requires_grad=False)
 
 
-def load_llama(folder: Path, device: str | torch.device = "cpu") -> Llama:
+def load_llama(folder: Path, device: str | torch.device = "cpu", batched: bool = False) -> Llama:
     """Build the model on `meta` and assign the tensors of `folder/model.safetensors` as they are.
     An int8 build (`.scale` tensors beside int8 weights) gets Int8Linear layers on CPU; elsewhere its
-    weights are dequantised to bfloat16 at load."""
+    weights are dequantised to bfloat16 at load. `batched`: an engine will run several sequences at
+    once (on CPU, float32 weights then also get a packed copy: `cpu_layouts`)."""
     from safetensors.torch import load_file
 
     cfg = LlamaConfig.from_file(Path(folder) / "config.json")
@@ -498,5 +516,5 @@ def load_llama(folder: Path, device: str | torch.device = "cpu") -> Llama:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
     if torch.device(device).type == "cpu":
-        cpu_layouts(model)
+        cpu_layouts(model, batched)
     return model.eval().requires_grad_(False)

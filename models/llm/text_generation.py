@@ -221,7 +221,7 @@ class TextGenerator:
             from models.llm.engine import BatchEngine
             from models.llm.llama import load_llama
 
-            self.model = load_llama(folder, device)
+            self.model = load_llama(folder, device, batched=max_batch > 1)
             self.engine = BatchEngine(self.model, self.tokenizer, self.eos_ids, self.context_length, max_batch)
 
     def compile_decode(self) -> None:
