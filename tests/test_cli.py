@@ -70,8 +70,11 @@ def test_missing_weights_say_how_to_build_them(tmp_path):
 def test_serve_answers_curl_style_sse_and_cancel(tiny_weights_root):
     port = free_port()
     env = {**os.environ, "COGKIT_WEIGHTS_DIR": str(tiny_weights_root)}
+    # Ctrl-C as a terminal sends it: a shell that runs this suite in the background (`make test &`)
+    # passes SIGINT down ignored, which would make the server deaf to it.
     proc = subprocess.Popen([sys.executable, "-m", "cogkit.cli", "serve", "llm", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
