@@ -61,6 +61,7 @@ def test_greedy_and_seeded_text_is_the_same_batched_as_alone(endless):
     gen.model.set_batching = lambda on: (switches.append(on), set_batching(on))
     together = generate_together(gen, PROMPTS, samplings)
     assert max(gen.engine.batch_sizes) >= 4  # they really ran in one batch
+    assert max(gen.engine.prefill_sizes) >= 2  # and prompts that waited together were prefilled together
     assert switches and switches[0] is True
     for (text, ids), (btext, bids, stats) in zip(alone, together, strict=True):
         assert bids == ids

@@ -66,6 +66,23 @@ def test_no_packed_copy_where_memory_is_short(tiny_weights_root, monkeypatch, ca
     assert model(torch.tensor([[1], [2]]), torch.tensor([[0], [0]])).shape[0] == 2
 
 
+def test_prompts_of_different_lengths_prefilled_together_match_alone(tiny_weights_root):
+    model = load_llama(tiny_weights_root / "llm")
+    model.setup_cache(32, slots=2)
+    short, long = [11, 12, 13], [21, 22, 23, 24, 25, 26]
+    padded = torch.tensor([short + short[-1:] * 3, long])  # padded at the end with the last token
+    with torch.no_grad():
+        together = model(padded, torch.arange(6).expand(2, 6), last=[2, 5])
+        # The next token of each, decoded after the padded prefill: the padding is never seen.
+        step = model(torch.tensor([[7], [8]]), torch.tensor([[3], [6]]), kv_len=7)
+        alone = [model(torch.tensor([ids]), torch.arange(len(ids))[None], first_slot=0)[0] for ids in (short, long)]
+        alone_step = model(torch.tensor([[8]]), torch.tensor([[6]]))[0]  # slot 0 now holds `long`
+        model(torch.tensor([short]), torch.arange(3)[None])
+        short_step = model(torch.tensor([[7]]), torch.tensor([[3]]))[0]
+    torch.testing.assert_close(together, torch.stack(alone), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(step, torch.stack([short_step, alone_step]), atol=1e-5, rtol=1e-5)
+
+
 def test_incremental_decoding_matches_full_forward(tiny_weights_root):
     model = load_llama(tiny_weights_root / "llm")
     model.setup_cache(32)

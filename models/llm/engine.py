@@ -2,7 +2,8 @@
 
 Each step of the engine's loop
   1. drops the requests that were cancelled (from any thread) or have finished,
-  2. admits a waiting request (when a slot is free) and runs one chunk of its prompt (prefill),
+  2. admits waiting requests (when slots are free) and runs one chunk of a prompt (prefill): requests
+     that wait together and whose prompts fit one chunk are prefilled together, in one forward,
   3. runs one decode step for all the sequences that are generating: a [B, 1] forward over B cache
      slots, then each sequence picks its next token with its own sampling settings and generator.
 So a request joins the running batch at the next step and leaves as soon as it is done; a long
@@ -46,6 +47,7 @@ class BatchEngine:
         self.thread: threading.Thread | None = None
         self.steps = 0  # decode steps run, and the batch sizes they had (for tests and metrics)
         self.batch_sizes: list[int] = []
+        self.prefill_sizes: list[int] = []  # sequences per prefill forward
         self.batching = False  # several sequences running (the model may lay weights out for it)
 
     # ------------------------------------------------------------------ public, any thread
@@ -81,9 +83,12 @@ class BatchEngine:
         if batching != self.batching:
             self.model.set_batching(batching)
             self.batching = batching
-        prefilling = self.running[-1] if self.running and self.running[-1].last_token < 0 else None
-        if prefilling is not None:
-            self._prefill_chunk(prefilling, slot=len(self.running) - 1)
+        first = len(self.running)  # the sequences being prefilled sit after the decoding ones
+        while first > 0 and self.running[first - 1].last_token < 0:
+            first -= 1
+        if first < len(self.running):
+            self._prefill_chunk(self.running[first:], first_slot=first)
+            self._drop_finished()  # one that ended on its first token frees its slot before the decode
         # The generating sequences are a prefix of `running` (slots 0..B-1); a prefill that just
         # produced its first token joins them in this very step.
         decoding = [s for s in self.running if s.last_token >= 0 and not s.finished]
@@ -111,26 +116,44 @@ class BatchEngine:
     def _admit(self) -> None:
         if self.running and self.running[-1].last_token < 0:
             return  # one prefill at a time
-        if len(self.running) >= self.max_batch:
+        free = self.max_batch - len(self.running)
+        if free <= 0:
             return
         with self.wake:
             if not self.waiting:
                 return
-            seq = self.waiting.popleft()
-        need = len(seq.request.prompt_ids) + seq.max_new
-        self.model.setup_cache(need, slots=len(self.running) + 1)
-        self.running.append(seq)
+            group = [self.waiting.popleft()]
+            # Requests that waited together and fit one chunk share one prefill forward, their rows
+            # padded to the longest. Not for int8 models: their rows must not depend on each other,
+            # and attention over padded keys rounds differently.
+            if self._fits_one_chunk(group[0]) and not getattr(self.model, "rows_independent", False):
+                while self.waiting and len(group) < free and self._fits_one_chunk(self.waiting[0]):
+                    group.append(self.waiting.popleft())
+        need = max(len(seq.request.prompt_ids) + seq.max_new for seq in group)
+        self.model.setup_cache(need, slots=len(self.running) + len(group))
+        self.running.extend(group)
 
-    def _prefill_chunk(self, seq: Sequence, slot: int) -> None:
-        ids = seq.request.prompt_ids[seq.prefilled: seq.prefilled + PREFILL_CHUNK]
-        start = seq.prefilled
-        positions = torch.arange(start, start + len(ids), device=self.device)[None]
-        logits = self.model(torch.tensor([ids], device=self.device), positions, first_slot=slot,
-                            kv_len=start + len(ids))
-        seq.prefilled += len(ids)
-        seq.cached += len(ids)
-        if seq.prefilled == len(seq.request.prompt_ids):
-            self._take_token(seq, logits[0])
+    @staticmethod
+    def _fits_one_chunk(seq: Sequence) -> bool:
+        return len(seq.request.prompt_ids) <= PREFILL_CHUNK
+
+    def _prefill_chunk(self, seqs: list[Sequence], first_slot: int) -> None:
+        """The next chunk of each prompt, in one forward. Shorter chunks are padded at the end with
+        their last token: the padding's keys lie past the prompt, where no real query looks, and the
+        sequence's own tokens overwrite them before it attends that far."""
+        chunks = [seq.request.prompt_ids[seq.prefilled: seq.prefilled + PREFILL_CHUNK] for seq in seqs]
+        width = max(len(chunk) for chunk in chunks)
+        ids = torch.tensor([chunk + chunk[-1:] * (width - len(chunk)) for chunk in chunks], device=self.device)
+        positions = torch.tensor([[seq.prefilled + j for j in range(width)] for seq in seqs], device=self.device)
+        last = [len(chunk) - 1 for chunk in chunks] if len(seqs) > 1 else None
+        logits = self.model(ids, positions, first_slot=first_slot,
+                            kv_len=max(seq.prefilled for seq in seqs) + width, last=last)
+        self.prefill_sizes.append(len(seqs))
+        for seq, chunk, row in zip(seqs, chunks, logits, strict=True):
+            seq.prefilled += len(chunk)
+            seq.cached += len(chunk)
+            if seq.prefilled == len(seq.request.prompt_ids):
+                self._take_token(seq, row)
 
     def _decode(self, seqs: list[Sequence]) -> None:
         ids = torch.tensor([[s.last_token] for s in seqs], device=self.device)

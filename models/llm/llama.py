@@ -382,10 +382,12 @@ class Llama(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, first_slot: int = 0,
                 all_logits: bool = False, kv_len: int | None = None,
-                row_kv_lens: list[int] | None = None) -> torch.Tensor:
+                row_kv_lens: list[int] | None = None, last: list[int] | None = None) -> torch.Tensor:
         """Logits of each row's last token ([B, vocab]), or of every token with `all_logits`
         ([B, T, vocab]). `input_ids` and `positions` are [B, T]; row i uses cache slot first_slot+i.
-        `row_kv_lens` (each row's filled length, decode steps) is used when `rows_independent`."""
+        `row_kv_lens` (each row's filled length, decode steps) is used when `rows_independent`.
+        `last`: the index of each row's last token, for rows padded at the end (prompts of different
+        lengths prefilled together)."""
         batch = Batch.make(first_slot, positions, kv_len, self.cfg.sliding_window)
         if self.rows_independent:
             batch.row_kv_lens = row_kv_lens
@@ -394,7 +396,7 @@ class Llama(nn.Module):
         for layer in self.model.layers:
             x = layer(x, cos, sin, batch)
         if not all_logits:
-            x = x[:, -1]
+            x = x[:, -1] if last is None else x[torch.arange(x.shape[0], device=x.device), last]
         return self.lm_head(self.model.norm(x))
 
 
