@@ -9,7 +9,7 @@ Each step of the engine's loop
 So a request joins the running batch at the next step and leaves as soon as it is done; a long
 prompt is prefilled in chunks between decode steps, and cancelling takes effect at the next step.
 
-Running sequences keep the cache slots 0..B-1 (the one being prefilled sits right after them), so a
+Running sequences keep the cache slots 0..B-1 (the ones being prefilled sit right after them), so a
 decode step reads a contiguous view of the cache; when one leaves, the last moves into its slot.
 """
 
