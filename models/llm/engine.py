@@ -141,7 +141,7 @@ class BatchEngine:
             # Requests that waited together and fit one chunk share one prefill forward, their rows
             # padded to the longest. Not for int8 models: their rows must not depend on each other,
             # and attention over padded keys rounds differently.
-            if self._fits_one_chunk(group[0]) and not getattr(self.model, "rows_independent", False):
+            if self._fits_one_chunk(group[0]) and not self.model.rows_independent:
                 while self.waiting and len(group) < free and self._fits_one_chunk(self.waiting[0]):
                     group.append(self.waiting.popleft())
         need = max(len(seq.request.prompt_ids) + seq.max_new for seq in group)

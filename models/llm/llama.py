@@ -440,9 +440,8 @@ PACK_ROWS = 16
 def cpu_layouts(model: Llama, batched: bool) -> None:
     """Lay each float32 projection weight out for the CPU's GEMMs: column-major, and, for an engine
     that batches, also in oneDNN's blocked layout (`Linear.packed`), used while it runs several
-    sequences. MKL's GEMM on a
-    plain layout re-packs the weight on every call, and for a few rows that costs as much as the
-    product itself. Measured on SmolLM2-135M's shapes, one thread, tokens/s of all projections:
+    sequences. MKL's GEMM on a plain layout re-packs the weight on every call, and for a few rows that
+    costs as much as the product itself. Measured on SmolLM2-135M's shapes, one thread, tokens/s of all projections:
     8 rows 71 -> 106, 16 rows 121 -> 180, while one row runs faster column-major (23 vs 19 packed).
     A lone sequence keeps to the column-major copy for its prefill too: a prefill on the packed copy
     must fetch it from memory while the column-major one sits in the CPU's cache from the last
@@ -453,22 +452,22 @@ def cpu_layouts(model: Llama, batched: bool) -> None:
     releases the GIL)."""
     linears = [(m, m.weight) for m in model.modules()
                if isinstance(m, Linear) and m.weight.dtype == torch.float32]
-    size = sum(w.numel() * w.element_size() for _, w in linears)
-    if batched and size > available_memory() / 2:
+    size, available = sum(w.numel() * w.element_size() for _, w in linears), available_memory()
+    if batched and size > available / 2:
         print(f"setup: batches run on the column-major weights: packing them would take {size / 1e9:.1f} GB "
-              f"of {available_memory() / 1e9:.1f} GB available", flush=True)
+              f"of {available / 1e9:.1f} GB available", flush=True)
         batched = False
 
     def pack() -> None:
         for module, weight in linears:
             module.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
 
-    use_packing = batched and linears and torch.backends.mkldnn.is_available()
-    packer = threading.Thread(target=pack, name="pack-weights") if use_packing else None
-    if packer is not None:
+    packing = batched and linears and torch.backends.mkldnn.is_available()
+    packer = threading.Thread(target=pack, name="pack-weights")
+    if packing:
         packer.start()
     column_major_weights(model)
-    if packer is not None:
+    if packing:
         packer.join()
 
 
