@@ -203,6 +203,8 @@ class LLMRunner(BaseRunner):
             yield from self.llm.generate(prompt_ids, sampling, stops, stats, stop)
         finally:
             scope.record_metric("input_token_count", stats.input_tokens)
+            # of those, the ones whose keys and values a recent prompt with the same start had computed
+            scope.record_metric("cached_input_token_count", stats.cached_tokens)
             scope.record_metric("output_token_count", stats.output_tokens)
             scope.record_metric("time_to_first_token", round(stats.time_to_first_token, 4))
             scope.record_metric("tokens_per_second", round(stats.tokens_per_second, 2))

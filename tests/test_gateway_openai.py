@@ -61,7 +61,11 @@ def test_chat_completion_streams(chat):
     whole = chat.chat.completions.create(**kwargs)
     as_sse = lambda text: text.replace("\r\n", "\n").replace("\r", "\n")  # noqa: E731
     assert "".join(pieces) == as_sse(whole.choices[0].message.content)
-    assert whole.usage == chunks[-1].usage
+    streamed = chunks[-1].usage
+    assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (streamed.prompt_tokens,
+                                                                          streamed.completion_tokens)
+    # the same prompt again: all of it but its last token comes from the engine's prefix cache
+    assert whole.usage.prompt_tokens_details.cached_tokens == whole.usage.prompt_tokens - 1
 
 
 def test_stop_and_greedy_multi_turn(chat, gateway_client):

@@ -55,6 +55,7 @@ def test_metrics_are_recorded(llm_server):
     result = run(llm_server, max_new_tokens=20, temperature=1.0, seed=1)
     m = result["metrics"]
     assert m["input_token_count"] > 5
+    assert 0 <= m["cached_input_token_count"] < m["input_token_count"]
     assert 1 <= m["output_token_count"] <= 20
     assert m["time_to_first_token"] > 0
     assert m["tokens_per_second"] >= 0

@@ -170,7 +170,8 @@ def finish_reason(record: dict) -> str:
 def usage(record: dict) -> dict:
     metrics = record.get("metrics", {})
     prompt, completion = int(metrics.get("input_token_count", 0)), int(metrics.get("output_token_count", 0))
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": int(metrics.get("cached_input_token_count", 0))}}
 
 
 def failure(record: dict) -> ChatError:

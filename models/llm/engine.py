@@ -3,7 +3,8 @@
 Each step of the engine's loop
   1. drops the requests that were cancelled (from any thread) or have finished,
   2. admits waiting requests (when slots are free) and runs one chunk of a prompt (prefill): requests
-     that wait together and whose prompts fit one chunk are prefilled together, in one forward,
+     that wait together and whose prompts fit one chunk are prefilled together, in one forward; the
+     start a prompt shares with a recent one is copied from the prefix cache, not computed again,
   3. runs one decode step for all the sequences that are generating: a [B, 1] forward over B cache
      slots, then each sequence picks its next token with its own sampling settings and generator.
 So a request joins the running batch at the next step and leaves as soon as it is done; a long
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from models.llm.prefix_cache import PrefixCache
 from models.llm.text_generation import Generation, Request, pick_next_token
 
 # Prompt tokens per prefill forward: bounds how long the other streams (and a cancel) wait.
@@ -35,7 +37,8 @@ class Sequence(Generation):
 
 
 class BatchEngine:
-    def __init__(self, model, tokenizer, eos_ids: set[int], context_length: int, max_batch: int = 1):
+    def __init__(self, model, tokenizer, eos_ids: set[int], context_length: int, max_batch: int = 1,
+                 reuse_prefixes: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
@@ -51,6 +54,9 @@ class BatchEngine:
         self.prefill_sizes: list[int] = []  # sequences per prefill forward
         self.batching = False  # several sequences running (the model may lay weights out for it)
         self.stopping = False
+        # Not for int8 models: a prompt prefilled in two pieces rounds differently from one piece, and
+        # their rows must come out bit for bit as they do alone.
+        self.prefixes = PrefixCache() if reuse_prefixes and not model.rows_independent else None
 
     # ------------------------------------------------------------------ public, any thread
     def submit(self, request: Request) -> None:
@@ -146,7 +152,19 @@ class BatchEngine:
                     group.append(self.waiting.popleft())
         need = max(len(seq.request.prompt_ids) + seq.max_new for seq in group)
         self.model.setup_cache(need, slots=len(self.running) + len(group))
+        for slot, seq in enumerate(group, start=len(self.running)):
+            self._reuse_prefix(seq, slot)
         self.running.extend(group)
+
+    def _reuse_prefix(self, seq: Sequence, slot: int) -> None:
+        """Copy the longest start this prompt shares with a recent one into its slot."""
+        if self.prefixes is None:
+            return
+        length, kv = self.prefixes.longest(seq.request.prompt_ids)
+        if length:
+            self.model.write_prefix(slot, kv, length)
+            seq.prefilled = seq.cached = length
+            seq.request.stats.cached_tokens = length
 
     @staticmethod
     def _fits_one_chunk(seq: Sequence) -> bool:
@@ -159,15 +177,22 @@ class BatchEngine:
         chunks = [seq.request.prompt_ids[seq.prefilled: seq.prefilled + PREFILL_CHUNK] for seq in seqs]
         width = max(len(chunk) for chunk in chunks)
         ids = torch.tensor([chunk + chunk[-1:] * (width - len(chunk)) for chunk in chunks], device=self.device)
-        positions = torch.tensor([[seq.prefilled + j for j in range(width)] for seq in seqs], device=self.device)
+        # A row that starts later (a reused prefix) may pad past the cache's end: its padding then
+        # writes to the last position, which lies past every prompt too.
+        end = self.model.cache_len - 1
+        positions = torch.tensor([[min(seq.prefilled + j, end) for j in range(width)] for seq in seqs],
+                                 device=self.device)
         last = [len(chunk) - 1 for chunk in chunks] if len(seqs) > 1 else None
         logits = self.model(ids, positions, first_slot=first_slot,
-                            kv_len=max(seq.prefilled for seq in seqs) + width, last=last)
+                            kv_len=min(max(seq.prefilled for seq in seqs) + width, end + 1), last=last)
         self.prefill_sizes.append(len(seqs))
-        for seq, chunk, row in zip(seqs, chunks, logits, strict=True):
+        for slot, (seq, chunk, row) in enumerate(zip(seqs, chunks, logits, strict=True), start=first_slot):
             seq.prefilled += len(chunk)
             seq.cached += len(chunk)
             if seq.prefilled == len(seq.request.prompt_ids):
+                prompt = seq.request.prompt_ids
+                if self.prefixes is not None and not self.prefixes.covers(prompt):
+                    self.prefixes.store(prompt, self.model.read_prefix(slot, len(prompt)))
                 self._take_token(seq, row)
 
     def _decode(self, seqs: list[Sequence]) -> None:

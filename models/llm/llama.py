@@ -380,6 +380,17 @@ class Llama(nn.Module):
         for layer in self.model.layers:
             layer.self_attn.kv_cache.move_slot(src, dst, length)
 
+    def read_prefix(self, slot: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A copy of the keys and values at positions 0..length-1 of one slot, per layer."""
+        return [(layer.self_attn.kv_cache.k[slot, :, :length].clone(),
+                 layer.self_attn.kv_cache.v[slot, :, :length].clone()) for layer in self.model.layers]
+
+    def write_prefix(self, slot: int, kv: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
+        """Put the first `length` positions of `read_prefix`'s keys and values into a slot."""
+        for layer, (k, v) in zip(self.model.layers, kv, strict=True):
+            layer.self_attn.kv_cache.k[slot, :, :length] = k[:, :length]
+            layer.self_attn.kv_cache.v[slot, :, :length] = v[:, :length]
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, first_slot: int = 0,
                 all_logits: bool = False, kv_len: int | None = None,
                 row_kv_lens: list[int] | None = None, last: list[int] | None = None) -> torch.Tensor:

@@ -35,6 +35,7 @@ class Sampling:
 @dataclass
 class GenerationStats:
     input_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
     output_tokens: int = 0
     time_to_first_token: float = 0.0
     decode_seconds: float = 0.0
