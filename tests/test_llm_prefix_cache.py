@@ -110,3 +110,22 @@ def test_int8_models_compute_every_prompt_whole(short_source, tmp_path):
     build_weights("llm", source=str(short_source), dtype="int8", dest=dest, log=lambda *a: None)
     gen = TextGenerator(dest, max_batch=4)
     assert gen.model.rows_independent and gen.engine.prefixes is None
+
+
+def test_the_next_turn_reuses_the_last_one_with_its_answer(short_context):
+    # a client that continues the conversation token for token: the last prompt, the answer, more
+    first = [5 + (i * 7) % 300 for i in range(20)]
+    gen = TextGenerator(short_context, max_batch=2)
+    (answered,) = run_together(gen.engine, [first], max_new=10)
+    answer = answered.token_ids
+    turn = first + answer + [21, 22, 23]
+    scratch = TextGenerator(short_context, max_batch=1)
+    scratch.engine.prefixes = None
+    (stats,) = run_together(gen.engine, [turn], max_new=8)
+    # a request that stopped at its length never fed its last token back: the cache lacks that one
+    fed = len(answer) - (answered.stop_reason == "length")
+    assert stats.cached_tokens == len(first) + fed > len(first)
+    assert stats.token_ids == run_together(scratch.engine, [turn], max_new=8)[0].token_ids
+    # entries that are a start of a longer one (each prompt, the first turn) gave way to it
+    keys = list(gen.engine.prefixes.entries)
+    assert len(keys) == 1 and keys[0][: len(turn)] == tuple(turn)

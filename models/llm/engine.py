@@ -128,6 +128,7 @@ class BatchEngine:
                 seq.request.stats.stop_reason = "canceled"
                 seq.finished = True
             if seq.finished:
+                self._keep_prefix(seq, slot)  # before another sequence moves into its slot
                 continue
             if slot != len(keep):  # compact: only ever moves a sequence to a lower slot
                 self.model.move_slot(slot, len(keep), seq.cached)
@@ -166,6 +167,16 @@ class BatchEngine:
             seq.prefilled = seq.cached = length
             seq.request.stats.cached_tokens = length
 
+    def _keep_prefix(self, seq: Sequence, slot: int) -> None:
+        """Store the tokens this slot holds keys and values for: the prompt once it is prefilled, the
+        prompt and the fed-back output once the request is done (the next turn of a chat starts with
+        both)."""
+        if self.prefixes is None or seq.cached == 0:
+            return
+        tokens = (seq.request.prompt_ids + seq.request.stats.token_ids)[: seq.cached]
+        if not self.prefixes.covers(tokens):
+            self.prefixes.store(tokens, self.model.read_prefix(slot, len(tokens)))
+
     @staticmethod
     def _fits_one_chunk(seq: Sequence) -> bool:
         return len(seq.request.prompt_ids) <= PREFILL_CHUNK
@@ -190,9 +201,7 @@ class BatchEngine:
             seq.prefilled += len(chunk)
             seq.cached += len(chunk)
             if seq.prefilled == len(seq.request.prompt_ids):
-                prompt = seq.request.prompt_ids
-                if self.prefixes is not None and not self.prefixes.covers(prompt):
-                    self.prefixes.store(prompt, self.model.read_prefix(slot, len(prompt)))
+                self._keep_prefix(seq, slot)
                 self._take_token(seq, row)
 
     def _decode(self, seqs: list[Sequence]) -> None:

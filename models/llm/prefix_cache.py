@@ -2,14 +2,16 @@
 prompt and chat template, an earlier turn of the same conversation) skips computing that start again.
 
 Chat prompts share a lot: SmolLM2's template puts 24 tokens of system prompt and role markers in
-front of every user message of the benchmark's 36-token prompts. The engine stores each prompt's
-keys and values once its prefill is done; a new request copies the longest start it shares with a
-stored prompt into its cache slot and prefills only the rest (at least its last token, whose logits
-give the first new token). The keys and values of a position depend only on the tokens up to it, so
-this is the same computation (to float rounding), done once. Not used for int8 models, whose
-rows must come out bit for bit as they do alone.
+front of every user message of the benchmark's 36-token prompts, and a conversation's next turn
+starts with the whole of the last one. The engine stores each prompt's keys and values once its
+prefill is done, and again with the request's output when it ends; a new request copies the longest
+start it shares with a stored entry into its cache slot and prefills only the rest (at least its
+last token, whose logits give the first new token). The keys and values of a position depend only
+on the tokens up to it, so this is the same computation (to float rounding), done once. Not used for
+int8 models, whose rows must come out bit for bit as they do alone.
 
-Entries are whole prompts, least recently used first out, within a byte budget.
+Entries are whole prompts (and, once a request is done, its prompt with the output it fed back: the
+start of the conversation's next turn), least recently used first out, within a byte budget.
 """
 
 from collections import OrderedDict
@@ -27,6 +29,10 @@ def shared_start(a: tuple[int, ...], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def nbytes(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
 
 
 class PrefixCache:
@@ -52,14 +58,18 @@ class PrefixCache:
         return best, kv
 
     def store(self, prompt: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Keep this prompt's keys and values ([kv_heads, len(prompt), head_dim] per layer)."""
+        """Keep the keys and values of these tokens ([kv_heads, len(prompt), head_dim] per layer)."""
         key = tuple(prompt)
-        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+        size = nbytes(kv)
         if key in self.entries or size > self.budget:
             return
+        # an entry that is a start of this one adds nothing once this one is kept (a prompt, then
+        # that prompt with its answer)
+        for old in [k for k in self.entries if len(k) <= len(key) and shared_start(k, prompt) == len(k)]:
+            self.used -= nbytes(self.entries.pop(old))
         while self.used + size > self.budget:
             _, old = self.entries.popitem(last=False)
-            self.used -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in old)
+            self.used -= nbytes(old)
         self.entries[key] = kv
         self.used += size
 
