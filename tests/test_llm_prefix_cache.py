@@ -129,3 +129,19 @@ def test_the_next_turn_reuses_the_last_one_with_its_answer(short_context):
     # entries that are a start of a longer one (each prompt, the first turn) gave way to it
     keys = list(gen.engine.prefixes.entries)
     assert len(keys) == 1 and keys[0][: len(turn)] == tuple(turn)
+
+
+def test_a_long_prompt_mostly_cached_is_prefilled_with_the_others(tiny_weights_root):
+    # 150 tokens do not fit one 128-token chunk, but the 6 the cache leaves do
+    folder = tiny_weights_root / "llm"
+    first = [5 + (i * 7) % 300 for i in range(150)]
+    longer, fresh = first + [11, 12, 13, 14, 15], [400 - i for i in range(30)]
+    scratch = TextGenerator(folder, max_batch=1)
+    scratch.engine.prefixes = None
+    expected = [run_together(scratch.engine, [p], max_new=12)[0].token_ids for p in (longer, fresh)]
+    gen = TextGenerator(folder, max_batch=4)
+    run_together(gen.engine, [first], max_new=2)
+    stats = run_together(gen.engine, [longer, fresh], max_new=12)
+    assert gen.engine.prefill_sizes[-1] == 2
+    assert [s.cached_tokens for s in stats] == [150, 0]
+    assert [s.token_ids for s in stats] == expected

@@ -4,7 +4,8 @@ Each step of the engine's loop
   1. drops the requests that were cancelled (from any thread) or have finished,
   2. admits waiting requests (when slots are free) and runs one chunk of a prompt (prefill): requests
      that wait together and whose prompts fit one chunk are prefilled together, in one forward; the
-     start a prompt shares with a recent one is copied from the prefix cache, not computed again,
+     start a prompt shares with a recent one is copied from the prefix cache, not computed again (and
+     only what is left of a prompt counts against the chunk),
   3. runs one decode step for all the sequences that are generating: a [B, 1] forward over B cache
      slots, then each sequence picks its next token with its own sampling settings and generator.
 So a request joins the running batch at the next step and leaves as soon as it is done; a long
@@ -145,9 +146,10 @@ class BatchEngine:
             if not self.waiting:
                 return
             group = [self.waiting.popleft()]
-            # Requests that waited together and fit one chunk share one prefill forward, their rows
-            # padded to the longest. Not for int8 models: their rows must not depend on each other,
-            # and attention over padded keys rounds differently.
+            # Requests that waited together and whose prompts (what the prefix cache leaves of them)
+            # fit one chunk share one prefill forward, their rows padded to the longest. Not for int8
+            # models: their rows must not depend on each other, and attention over padded keys rounds
+            # differently.
             if self._fits_one_chunk(group[0]) and not self.model.rows_independent:
                 while self.waiting and len(group) < free and self._fits_one_chunk(self.waiting[0]):
                     group.append(self.waiting.popleft())
@@ -177,9 +179,10 @@ class BatchEngine:
         if not self.prefixes.covers(tokens):
             self.prefixes.store(tokens, self.model.read_prefix(slot, len(tokens)))
 
-    @staticmethod
-    def _fits_one_chunk(seq: Sequence) -> bool:
-        return len(seq.request.prompt_ids) <= PREFILL_CHUNK
+    def _fits_one_chunk(self, seq: Sequence) -> bool:
+        prompt = seq.request.prompt_ids
+        reused = self.prefixes.longest(prompt, peek=True)[0] if self.prefixes is not None else 0
+        return len(prompt) - reused <= PREFILL_CHUNK
 
     def _prefill_chunk(self, seqs: list[Sequence], first_slot: int) -> None:
         """The next chunk of each prompt, in one forward. Shorter chunks are padded at the end with

@@ -43,15 +43,17 @@ class PrefixCache:
         self.hits = 0  # requests that reused a stored start, and the prompt tokens they skipped
         self.reused_tokens = 0
 
-    def longest(self, prompt: list[int]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
+    def longest(self, prompt: list[int], peek: bool = False
+                ) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
         """The longest start of `prompt` that a stored entry holds, leaving at least the prompt's last
-        token to compute: (length, that entry's per-layer (keys, values)); (0, None) when none."""
+        token to compute: (length, that entry's per-layer (keys, values)); (0, None) when none.
+        `peek`: only look (the entry stays where it is in the eviction order, no hit is counted)."""
         best, kv, best_key = 0, None, None
         for key, entry in self.entries.items():
             n = min(shared_start(key, prompt), len(prompt) - 1)
             if n > best:
                 best, kv, best_key = n, entry, key
-        if best_key is not None:
+        if best_key is not None and not peek:
             self.entries.move_to_end(best_key)
             self.hits += 1
             self.reused_tokens += best
