@@ -54,6 +54,13 @@ class SetupTimer:
             os.replace(tmp, report)
 
 
+# How long setup waits after its last line so that coglet (0.23) files it under setup before READY:
+# coglet forwards printed lines on a queue but reports Ready directly, and offers nothing to wait on.
+# Measured (whisper, 12 boots each, the last line in the health check's setup logs at READY):
+# no wait 10/12, 10 ms 12/12, 20 ms 12/12, 50 ms 11/12. 20 ms saves 30 ms of every boot against 50.
+SETUP_LOG_DRAIN_S = 0.02
+
+
 def logged_setup(fn):
     """coglet loses what setup() printed in its last moments (the traceback of a failure, the last
     line of a success): print the cause of a failure first, and let the log capture drain."""
@@ -68,7 +75,7 @@ def logged_setup(fn):
             time.sleep(0.2)
             raise
         sys.stdout.flush()
-        time.sleep(0.05)
+        time.sleep(SETUP_LOG_DRAIN_S)
 
     return setup
 
