@@ -1,10 +1,16 @@
 """`cogkit bench serve MODEL`: serving throughput through the real server, at several concurrencies.
 
-For each concurrency c, c client threads stream `--requests` greedy predictions in total (the same
-prompts every level) and we report aggregate output tokens per second (all tokens / wall time),
-time to first token (p50, p95, as the client sees it) and each stream's own decode tok/s.
+For each concurrency c, c client threads stream `--requests` greedy predictions in total and we
+report aggregate output tokens per second (all tokens / wall time), time to first token (p50, p95,
+as the client sees it) and each stream's own decode tok/s.
 `--peer ct2` runs the same prompt ids on CTranslate2 (`generate_batch`, batch = c) in the same run;
 CTranslate2 lives in its own venv (scripts/peers-setup.sh), never in the runtime requirements.
+
+Every request of a run gets a prompt of its own ("Request 17. Why is the sky blue?"): requests then
+share only the chat template's system prompt and the user turn's first token with each other, as
+different users' requests do, and the server's prefix cache cannot skip a whole prompt it has
+already seen (CTranslate2 recomputes every prompt). `--repeat-prompts` sends the same 8 prompts over
+and over instead, the case of clients retrying or repeating a request.
 """
 
 import json
@@ -27,6 +33,8 @@ def add_bench_serve(bench, model_help: str) -> None:
     b.add_argument("--concurrency", default="1,4,8,16", help="comma-separated levels (default 1,4,8,16)")
     b.add_argument("--requests", type=int, default=16, help="predictions per level (default 16)")
     b.add_argument("--max-new-tokens", type=int, default=64)
+    b.add_argument("--repeat-prompts", action="store_true",
+                   help="send the same 8 prompts over and over (default: every request a prompt of its own)")
     b.add_argument("--json", dest="json_path", help="write the results to this file")
     b.add_argument("--peer", choices=["ct2"], action="append", default=[],
                    help="also run the same prompts on a peer engine (its venv: scripts/peers-setup.sh)")
@@ -58,8 +66,14 @@ def one_request(server, prompt: str, max_new: int) -> dict:
             "stream_tps": (tokens - 1) / (done - first) if tokens > 1 and done > first else 0.0}
 
 
-def serve_level(server, concurrency: int, requests: int, max_new: int) -> dict:
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(requests)]
+def bench_prompts(first: int, count: int, repeat: bool = False) -> list[str]:
+    """The prompts of requests first..first+count-1 of a run: each its own unless `repeat`."""
+    return [PROMPTS[n % len(PROMPTS)] if repeat else f"Request {n + 1}. {PROMPTS[n % len(PROMPTS)]}"
+            for n in range(first, first + count)]
+
+
+def serve_level(server, concurrency: int, prompts: list[str], max_new: int) -> dict:
+    requests = len(prompts)
     started = time.monotonic()
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(lambda p: one_request(server, p, max_new), prompts))
@@ -152,7 +166,8 @@ def cmd_bench_serve(args) -> int:
 
     spec = get_model(args.model)
     levels = [int(c) for c in args.concurrency.split(",")]
-    report = {"model": spec.name, "max_new_tokens": args.max_new_tokens, "levels": [], "peers": {}}
+    report = {"model": spec.name, "max_new_tokens": args.max_new_tokens, "levels": [], "peers": {},
+              "prompts": "repeated" if args.repeat_prompts else "distinct"}
     folder = weights_dir(spec.name)
     manifest = json.loads((folder / "manifest.json").read_text())
     report["dtype"] = manifest.get("dtype")
@@ -169,15 +184,18 @@ def cmd_bench_serve(args) -> int:
           f"{report['batch1_ceiling_tokens_per_second']} tok/s for {weight_bytes / 1e6:.0f} MB of weights")
     with CogServer(spec.runner, env={"COG_MAX_CONCURRENCY": str(max(levels))}) as server:
         server.start().wait_ready()
-        one_request(server, PROMPTS[0], 4)  # warm
+        one_request(server, "Hello.", 4)  # warm
+        sent = 0
         for c in levels:
-            level = serve_level(server, c, max(args.requests, c), args.max_new_tokens)
+            prompts = bench_prompts(sent, max(args.requests, c), args.repeat_prompts)
+            sent += len(prompts)
+            level = serve_level(server, c, prompts, args.max_new_tokens)
             report["levels"].append(level)
             print(f"cogkit c={c}: {level['aggregate_tokens_per_second']} tok/s aggregate, TTFT p50 "
                   f"{level['ttft_p50']}s p95 {level['ttft_p95']}s, per stream "
                   f"{level['per_stream_tokens_per_second']} tok/s", flush=True)
             if "ct2" in args.peer:  # interleaved: the peer right after the same level
-                ids = prompt_ids(folder, [PROMPTS[i % len(PROMPTS)] for i in range(max(args.requests, c))])
+                ids = prompt_ids(folder, prompts)
                 quant = "int8" if report["dtype"] == "int8" else "float32"
                 peer = ct2_level(export_hf_folder(peer_folder), quant, ids, c, max(args.requests, c),
                                  args.max_new_tokens)

@@ -25,3 +25,14 @@ def test_bench_serve_reports_every_level(endless_weights_root, tmp_path):
         assert level["per_stream_tokens_per_second"] > 0
     assert report["memory_read_gbps"] > 0 and report["batch1_ceiling_tokens_per_second"] > 0
     assert "cogkit c=4:" in res.stdout
+    assert report["prompts"] == "distinct"
+
+
+def test_every_bench_request_has_a_prompt_of_its_own():
+    # The server's prefix cache would skip a prompt it has seen whole; the peer has none.
+    from cogkit.bench_serve import PROMPTS, bench_prompts
+
+    first, second = bench_prompts(0, 16), bench_prompts(16, 16)
+    assert len(set(first + second)) == 32
+    assert first[0].startswith("Request 1. ") and first[0].endswith(PROMPTS[0])
+    assert bench_prompts(16, 16, repeat=True) == [PROMPTS[n % len(PROMPTS)] for n in range(16, 32)]
