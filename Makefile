@@ -1,5 +1,5 @@
 # The two commands of the README's quick start.
-.PHONY: demo test test-slow setup weights js-client test-containers bench-llm
+.PHONY: demo test test-slow setup weights js-client test-containers bench-llm bench-llm-peers
 
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE = 1
@@ -38,3 +38,8 @@ test-slow: setup
 bench-llm: setup weights
 	bash scripts/peers-setup.sh
 	.venv/bin/cogkit bench serve llm --concurrency 1,4,8,16 --requests 16 --max-new-tokens 48 --peer ct2 --json bench-llm.json
+
+# The same against CTranslate2 and llama.cpp (compiled from source into .peers/: ~15 minutes once).
+bench-llm-peers: setup weights
+	bash scripts/peers-setup.sh llamacpp
+	.venv/bin/cogkit bench serve llm --concurrency 1,4,8,16 --requests 16 --max-new-tokens 64 --peer ct2 --peer llamacpp --json bench-llm-peers.json

