@@ -23,11 +23,16 @@ if [[ "${1:-}" == "llamacpp" ]]; then
   llama="$src/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp"
   # Tuned for this CPU (GGML_NATIVE), but without AMX: on these VMs the CPU lists amx_int8, yet
   # ggml's AMX kernels die with SIGILL (illegal instruction) on a Q8_0 model.
-  no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  no_amx=""
+  if [[ "$(uname -m)" == x86_64 ]]; then no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"; fi
   cmake -S "$llama" -B "$llama/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF \
-    "-DCMAKE_C_FLAGS=$no_amx" "-DCMAKE_CXX_FLAGS=$no_amx" > /dev/null
-  cmake --build "$llama/build" -j "$(nproc)" --target llama-server llama-quantize > /dev/null
+    "-DCMAKE_C_FLAGS=$no_amx" "-DCMAKE_CXX_FLAGS=$no_amx" > .peers/llamacpp/build.log 2>&1
+  echo "compiling llama.cpp (log: .peers/llamacpp/build.log)"
+  if ! cmake --build "$llama/build" -j "$(nproc)" --target llama-server llama-quantize >> .peers/llamacpp/build.log 2>&1; then
+    tail -30 .peers/llamacpp/build.log
+    exit 1
+  fi
   mkdir -p .peers/llamacpp/bin
   cp "$llama/build/bin/llama-server" "$llama/build/bin/llama-quantize" .peers/llamacpp/bin/
   echo "llamacpp peer ready: .peers/llamacpp/bin ($(.peers/llamacpp/bin/llama-server --version 2>&1 | grep -m1 version))"
