@@ -39,7 +39,7 @@ bench-llm: setup weights
 	bash scripts/peers-setup.sh
 	.venv/bin/cogkit bench serve llm --concurrency 1,4,8,16 --requests 16 --max-new-tokens 48 --peer ct2 --json bench-llm.json
 
-# The same against CTranslate2 and llama.cpp (compiled from source into .peers/: ~15 minutes once).
+# The same against CTranslate2 and llama.cpp (compiled from source into .peers/: ~8 minutes once).
 bench-llm-peers: setup weights
 	bash scripts/peers-setup.sh llamacpp
 	.venv/bin/cogkit bench serve llm --concurrency 1,4,8,16 --requests 16 --max-new-tokens 64 --peer ct2 --peer llamacpp --json bench-llm-peers.json

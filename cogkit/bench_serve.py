@@ -205,8 +205,8 @@ def cmd_bench_serve(args) -> int:
             print(f"cogkit c={c}: {level['aggregate_tokens_per_second']} tok/s aggregate, TTFT p50 "
                   f"{level['ttft_p50']}s p95 {level['ttft_p95']}s, per stream "
                   f"{level['per_stream_tokens_per_second']} tok/s", flush=True)
+            ids = prompt_ids(folder, prompts) if args.peer else None  # the peers' input
             if "ct2" in args.peer:  # interleaved: the peer right after the same level
-                ids = prompt_ids(folder, prompts)
                 quant = "int8" if report["dtype"] == "int8" else "float32"
                 peer = ct2_level(export_hf_folder(peer_folder), quant, ids, c, max(args.requests, c),
                                  args.max_new_tokens)
@@ -216,7 +216,7 @@ def cmd_bench_serve(args) -> int:
             if gguf is not None:
                 from cogkit.peer_llamacpp import llamacpp_level
 
-                peer = llamacpp_level(gguf, prompt_ids(folder, prompts), c, args.max_new_tokens)
+                peer = llamacpp_level(gguf, ids, c, args.max_new_tokens)
                 texts = peer.pop("texts_in_order")
                 # greedy on the same values: how many answers are cogkit's, word for word
                 peer["same_text_as_cogkit"] = sum(a == b for a, b in zip(texts, level["texts_in_order"]))

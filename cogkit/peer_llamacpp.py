@@ -9,12 +9,13 @@ int8 one (blocks of 32 weights per scale, where cogkit keeps one scale per row).
 """
 
 import json
-import socket
 import subprocess
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from cogkit.server import free_port
 
 BIN = Path(".peers/llamacpp/bin")
 GGUF_TYPES = {"float32": "F32", "int8": "Q8_0"}
@@ -30,7 +31,7 @@ def peer_gguf(manifest: dict) -> Path:
 
     if not (BIN / "llama-server").is_file():
         raise PeerUnavailable("the llamacpp peer is not built: run `bash scripts/peers-setup.sh llamacpp` "
-                              "(compiles llama.cpp, ~15 minutes on 2 cores)")
+                              "(compiles llama.cpp, ~8 minutes on 2 cores)")
     kind = GGUF_TYPES.get(manifest.get("dtype"))
     if kind is None:
         raise PeerUnavailable(f"the llamacpp peer runs float32 and int8 builds, not {manifest.get('dtype')}")
@@ -56,12 +57,6 @@ def llamacpp_version() -> str:
     out = subprocess.run([str(BIN / "llama-server"), "--version"], capture_output=True, text=True)
     line = next((ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("version:")), "")
     return line.removeprefix("version:").strip() or "unknown"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: dict, timeout: float = 600) -> dict:

@@ -5,7 +5,7 @@
 #                                          transformers and torch from ./.venv)
 #   bash scripts/peers-setup.sh llamacpp   also llama.cpp's llama-server and llama-quantize, compiled
 #                                          from the source inside llama-cpp-python's sdist on PyPI
-#                                          (~15 minutes on 2 cores; cmake and a C++ compiler)
+#                                          (~8 minutes on 2 cores; cmake and a C++ compiler)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .peers/ct2

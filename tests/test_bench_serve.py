@@ -39,7 +39,7 @@ def test_every_bench_request_has_a_prompt_of_its_own():
 
 
 def test_llamacpp_peer_says_what_it_needs(tmp_path, monkeypatch):
-    # Building llama.cpp takes ~15 minutes, so CI checks only the refusals; `make bench-llm-peers` runs it.
+    # Building llama.cpp takes ~8 minutes, so CI checks only the refusals; `make bench-llm-peers` runs it.
     import pytest
 
     from cogkit import peer_llamacpp
