@@ -69,6 +69,29 @@ def test_greedy_and_seeded_text_is_the_same_batched_as_alone(endless):
         assert stats.stop_reason == "length"
 
 
+def test_a_compiled_model_serves_batches(endless):
+    """COGKIT_COMPILE on CPU: one sequence runs the compiled forward, batches the packed weights eagerly
+    (Inductor cannot lower oneDNN's packed linear: every batch used to fail)."""
+    samplings = [Sampling(max_new_tokens=16, temperature=0) for _ in PROMPTS[:4]]
+    alone = generate_alone(endless, PROMPTS[:4], samplings)
+    gen = TextGenerator(endless, max_batch=4)
+    gen.compile_decode()
+    compiled_alone = generate_alone_on(gen, PROMPTS[:1], samplings[:1])  # compiles, one sequence
+    together = generate_together(gen, PROMPTS[:4], samplings)
+    assert max(gen.engine.batch_sizes) >= 2
+    assert compiled_alone == alone[:1]
+    assert [(text, ids) for text, ids, _ in together] == alone
+
+
+def generate_alone_on(gen, prompts, samplings):
+    out = []
+    for prompt, sampling in zip(prompts, samplings, strict=True):
+        stats = GenerationStats()
+        text = "".join(gen.generate(gen.encode(gen.format_prompt(prompt, None)), sampling, [], stats))
+        out.append((text, stats.token_ids))
+    return out
+
+
 def test_requests_joining_a_running_batch_get_their_own_result(endless):
     samplings = [Sampling(max_new_tokens=150, temperature=0) for _ in PROMPTS[:4]]
     alone = generate_alone(endless, PROMPTS[:4], samplings)

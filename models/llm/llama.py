@@ -338,6 +338,7 @@ class Llama(nn.Module):
         # True when every projection is an Int8Linear: a row's logits then depend on nothing else in
         # its batch (given per-row attention lengths), so greedy text batched equals batch-1 text.
         self.rows_independent = False
+        self.packed_in_use = False  # set_batching switched the projections to their packed copies
 
     @property
     def dtype(self) -> torch.dtype:
@@ -371,9 +372,11 @@ class Llama(nn.Module):
     def set_batching(self, on: bool) -> None:
         """Whether the next calls run several sequences: the float32 projections then read their
         packed copies, where `cpu_layouts` made them."""
+        self.packed_in_use = False
         for module in self.modules():
             if isinstance(module, Linear) and module.packed is not None:
                 module.use_packed = on
+                self.packed_in_use = on
 
     def move_slot(self, src: int, dst: int, length: int) -> None:
         """Copy one sequence's cache to another slot (to keep the running sequences contiguous)."""

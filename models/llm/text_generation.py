@@ -226,12 +226,18 @@ class TextGenerator:
             self.engine = BatchEngine(self.model, self.tokenizer, self.eos_ids, self.context_length, max_batch)
 
     def compile_decode(self) -> None:
-        """Compile the model's forward (GPU): shapes vary with the batch and the filled cache length,
-        so it is compiled with dynamic shapes once rather than once per shape."""
+        """Compile the model's forward (on GPU by default, on CPU with COGKIT_COMPILE=1): shapes vary
+        with the batch and the filled cache length, so it is compiled with dynamic shapes once rather
+        than once per shape. Calls on oneDNN's packed CPU weights (several sequences, see
+        `Llama.set_batching`) stay eager: Inductor has no lowering for that op (the first batch
+        failed with a LoweringException), and the packed weights are what makes CPU batches fast."""
         import torch
 
-        self.model.setup_cache(self.context_length, slots=self.engine.max_batch)
-        self.model.forward = torch.compile(self.model.forward, dynamic=True)
+        model = self.model
+        model.setup_cache(self.context_length, slots=self.engine.max_batch)
+        eager = model.forward
+        compiled = torch.compile(eager, dynamic=True)
+        model.forward = lambda *args, **kwargs: (eager if model.packed_in_use else compiled)(*args, **kwargs)
 
     def warmup(self, max_new_tokens: int = 2) -> list[int]:
         """A tiny greedy generation that runs the prefill and the decode path once (and compiles the
