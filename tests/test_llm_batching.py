@@ -23,7 +23,10 @@ def endless(endless_weights_root):
 
 
 def generate_alone(folder, prompts, samplings):
-    gen = TextGenerator(folder, max_batch=1)
+    return generate_one_by_one(TextGenerator(folder, max_batch=1), prompts, samplings)
+
+
+def generate_one_by_one(gen, prompts, samplings):
     out = []
     for prompt, sampling in zip(prompts, samplings, strict=True):
         stats = GenerationStats()
@@ -76,20 +79,11 @@ def test_a_compiled_model_serves_batches(endless):
     alone = generate_alone(endless, PROMPTS[:4], samplings)
     gen = TextGenerator(endless, max_batch=4)
     gen.compile_decode()
-    compiled_alone = generate_alone_on(gen, PROMPTS[:1], samplings[:1])  # compiles, one sequence
+    compiled_alone = generate_one_by_one(gen, PROMPTS[:1], samplings[:1])  # compiles, one sequence
     together = generate_together(gen, PROMPTS[:4], samplings)
     assert max(gen.engine.batch_sizes) >= 2
     assert compiled_alone == alone[:1]
     assert [(text, ids) for text, ids, _ in together] == alone
-
-
-def generate_alone_on(gen, prompts, samplings):
-    out = []
-    for prompt, sampling in zip(prompts, samplings, strict=True):
-        stats = GenerationStats()
-        text = "".join(gen.generate(gen.encode(gen.format_prompt(prompt, None)), sampling, [], stats))
-        out.append((text, stats.token_ids))
-    return out
 
 
 def test_requests_joining_a_running_batch_get_their_own_result(endless):
