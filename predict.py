@@ -118,15 +118,16 @@ class LLMRunner(BaseRunner):
 
         boot = BootSnapshot(folder, dev, lambda: snapshot_extra(dev, folder))
         compile_cache = None
-        if compile_enabled(dev) and engine == "torch" and self.llm.model.rows_independent:
-            # Measured on SmolLM2 (CPU, one thread): 24 tok/s compiled against 32 eager, and other
-            # greedy text than eager int8 (0 of 8 answers the same).
-            print("setup: not compiling: an int8 build on CPU decodes slower compiled", flush=True)
-        elif compile_enabled(dev) and engine == "torch":
-            compile_cache = use_compile_cache(boot.restored)
-            self.llm.compile_decode()
-            self.llm.warmup()  # the first call compiles
-            timer.done("compile")
+        if compile_enabled(dev) and engine == "torch":
+            if self.llm.model.rows_independent:
+                # Measured on SmolLM2 (CPU, one thread): 24 tok/s compiled against 32 eager, and other
+                # greedy text than eager int8 (0 of 8 answers the same).
+                print("setup: not compiling: an int8 build on CPU decodes slower compiled", flush=True)
+            else:
+                compile_cache = use_compile_cache(boot.restored)
+                self.llm.compile_decode()
+                self.llm.warmup()  # the first call compiles
+                timer.done("compile")
         warm_tokens = self.llm.warmup()
         timer.done("warmup")
 
