@@ -70,6 +70,26 @@ def test_greedy_tokens_match_transformers_generate(family):
     assert len(stats.token_ids) >= min(4, len(want))
 
 
+def test_row_by_row_decode_attends_as_the_masked_batch(family):
+    """A decode step whose rows must not depend on each other (int8 builds) runs each row's attention
+    alone over exactly the keys its token sees: no mask, a sliding window cut by slicing. It must
+    attend as the masked batched step does, past the windows too."""
+    name, _, built, _ = family
+    model = load_llama(built)
+    n = min(len(IDS), model.cfg.max_position_embeddings) - 1
+    lengths = [n - 1, n - 4]  # two rows of different lengths, both longer than the windows (6)
+    model.setup_cache(n + 1, slots=2)
+    with torch.no_grad():
+        for slot, length in enumerate(lengths):
+            model(torch.tensor([IDS[:length]]), torch.arange(length)[None], first_slot=slot)
+        step = dict(input_ids=torch.tensor([[IDS[n]], [IDS[n - 3]]]), positions=torch.tensor([[m] for m in lengths]),
+                    kv_len=max(lengths) + 1, row_kv_lens=[m + 1 for m in lengths])
+        masked = model(**step)
+        model.rows_independent = True
+        row_by_row = model(**step)
+    torch.testing.assert_close(row_by_row, masked, atol=1e-5, rtol=1e-5)
+
+
 def test_rope_scaling_is_applied_as_transformers_does(family):
     """The frequencies themselves, and that a scaled family's really differ from plain rope."""
     name, _, built, reference = family

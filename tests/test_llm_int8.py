@@ -59,8 +59,9 @@ def test_int8_generates_through_the_batching_engine(int8_folder):
 
 
 def test_int8_linear_row_is_bit_identical_alone_and_in_any_batch():
-    # fbgemm quantises a call's activations with one scale; Int8Linear pins every row's range to
-    # [-1, 1] so that a row's result cannot depend on the other rows of the batch.
+    # fbgemm's dynamic linear would quantise a call's activations with one scale; Int8Linear scales
+    # every row to [-1, 1] and quantises it with fixed parameters, so that a row's result cannot
+    # depend on the other rows of the batch.
     from models.llm.llama import quantize_int8
 
     gen = torch.Generator().manual_seed(0)
