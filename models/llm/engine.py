@@ -147,10 +147,9 @@ class BatchEngine:
                 return
             group = [self.waiting.popleft()]
             # Requests that waited together and whose prompts (what the prefix cache leaves of them)
-            # fit one chunk share one prefill forward, their rows padded to the longest. Not for int8
-            # models: their rows must not depend on each other, and attention over padded keys rounds
-            # differently.
-            if self._fits_one_chunk(group[0]) and not self.model.rows_independent:
+            # fit one chunk share one prefill forward, their rows padded to the longest (an int8
+            # model's rows attend each over its own tokens: see Attention.forward).
+            if self._fits_one_chunk(group[0]):
                 while self.waiting and len(group) < free and self._fits_one_chunk(self.waiting[0]):
                     group.append(self.waiting.popleft())
         need = max(len(seq.request.prompt_ids) + seq.max_new for seq in group)
@@ -198,7 +197,8 @@ class BatchEngine:
                                  device=self.device)
         last = [len(chunk) - 1 for chunk in chunks] if len(seqs) > 1 else None
         logits = self.model(ids, positions, first_slot=first_slot,
-                            kv_len=min(max(seq.prefilled for seq in seqs) + width, end + 1), last=last)
+                            kv_len=min(max(seq.prefilled for seq in seqs) + width, end + 1), last=last,
+                            row_kv_lens=[min(seq.prefilled + len(chunk), end + 1) for seq, chunk in zip(seqs, chunks)])
         self.prefill_sizes.append(len(seqs))
         for slot, (seq, chunk, row) in enumerate(zip(seqs, chunks, logits, strict=True), start=first_slot):
             seq.prefilled += len(chunk)

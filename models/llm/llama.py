@@ -219,9 +219,11 @@ class Batch:
     kv_len: int  # keys attended: cache positions 0 .. kv_len-1 (the filled part)
     mask: torch.Tensor  # [B, 1, T, kv_len] True where a query may see a key
     window_mask: torch.Tensor  # the same for sliding-window layers (Mistral, some Qwen)
-    # Set for a decode step whose rows must not depend on each other (int8 models): each row's
-    # attention then runs alone over its own filled length (see Attention.forward).
+    # Set when the rows must not depend on each other (int8 models): each row's attention then runs
+    # alone over its own filled length (see Attention.forward), and, in a prefill of several prompts
+    # padded at the end, over its own tokens only (`row_tokens`).
     row_kv_lens: list[int] | None = None
+    row_tokens: list[int] | None = None
 
     @classmethod
     def make(cls, first_slot: int, positions: torch.Tensor, kv_len: int | None = None,
@@ -280,6 +282,7 @@ class Attention(nn.Module):
             qk, v = heads.split((n_q + n_kv, n_kv), dim=1)
             q, k = apply_rope(qk, cos, sin).split((n_q, n_kv), dim=1)
         k, v = self.kv_cache.update(batch, k, v)
+        mask = batch.window_mask if self.sliding else batch.mask
         if batch.row_kv_lens is not None and t == 1:
             # CPU SDPA's rounding depends on the number of keys it is given, masked ones included, so
             # in a decode step whose rows must not depend on each other (int8), each row, alone or
@@ -291,8 +294,15 @@ class Attention(nn.Module):
                 rows.append(F.scaled_dot_product_attention(q[i:i + 1], k[i:i + 1, :, start:n],
                                                            v[i:i + 1, :, start:n], enable_gqa=True))
             y = torch.cat(rows)
+        elif batch.row_kv_lens is not None and b > 1:
+            # Prompts prefilled together (int8): each row attends with the queries, keys and mask it
+            # would have prefilled alone; the padding's queries get zeros (their output is never used).
+            y = q.new_zeros(q.shape)
+            for i, (n, m) in enumerate(zip(batch.row_kv_lens, batch.row_tokens, strict=True)):
+                y[i:i + 1, :, :m] = F.scaled_dot_product_attention(
+                    q[i:i + 1, :, :m], k[i:i + 1, :, :n], v[i:i + 1, :, :n], attn_mask=mask[i:i + 1, :, :m, :n],
+                    enable_gqa=True)
         else:
-            mask = batch.window_mask if self.sliding else batch.mask
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
@@ -402,12 +412,13 @@ class Llama(nn.Module):
                 row_kv_lens: list[int] | None = None, last: list[int] | None = None) -> torch.Tensor:
         """Logits of each row's last token ([B, vocab]), or of every token with `all_logits`
         ([B, T, vocab]). `input_ids` and `positions` are [B, T]; row i uses cache slot first_slot+i.
-        `row_kv_lens` (each row's filled length, decode steps) is used when `rows_independent`.
+        `row_kv_lens` (each row's filled length once this call is done) is used when `rows_independent`.
         `last`: the index of each row's last token, for rows padded at the end (prompts of different
         lengths prefilled together)."""
         batch = Batch.make(first_slot, positions, kv_len, self.cfg.sliding_window)
         if self.rows_independent:
             batch.row_kv_lens = row_kv_lens
+            batch.row_tokens = None if last is None else [i + 1 for i in last]
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rope[:, positions][:, :, None]  # [B, 1, T, hd]: broadcast over heads
         for layer in self.model.layers:
