@@ -86,6 +86,24 @@ def test_a_compiled_model_serves_batches(endless):
     assert [(text, ids) for text, ids, _ in together] == alone
 
 
+def test_a_compiled_model_compiles_at_warm_up_not_at_requests(endless):
+    """What setup's warm-up compiles is all a compiled CPU model needs: a prompt of any length, a batch,
+    then one sequence again compile nothing more (each used to: the warm-up's one-token prompt left
+    the prefill graph uncompiled, and a batch left the one-sequence graph's guards failing)."""
+    from torch._dynamo.utils import counters
+
+    gen = TextGenerator(endless, max_batch=4)
+    gen.compile_decode()
+    gen.warmup()
+    graphs = counters["stats"]["unique_graphs"]
+    samplings = [Sampling(max_new_tokens=8, temperature=0) for _ in PROMPTS[:3]]
+    generate_one_by_one(gen, PROMPTS[:1], samplings[:1])
+    generate_together(gen, PROMPTS[:3], samplings)
+    generate_one_by_one(gen, PROMPTS[1:2], samplings[:1])
+    assert max(gen.engine.batch_sizes) >= 2
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 def test_requests_joining_a_running_batch_get_their_own_result(endless):
     samplings = [Sampling(max_new_tokens=150, temperature=0) for _ in PROMPTS[:4]]
     alone = generate_alone(endless, PROMPTS[:4], samplings)

@@ -489,6 +489,9 @@ def cpu_layouts(model: Llama, batched: bool) -> None:
     def pack() -> None:
         for module, weight in linears:
             module.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
+            # On the instance from the start: a compiled graph guards on it, and one traced while it
+            # was only the class's default recompiled (a minute's stall) after the first batch.
+            module.use_packed = False
 
     packing = batched and linears and torch.backends.mkldnn.is_available()
     packer = threading.Thread(target=pack, name="pack-weights")

@@ -240,10 +240,12 @@ class TextGenerator:
         model.forward = lambda *args, **kwargs: (eager if model.packed_in_use else compiled)(*args, **kwargs)
 
     def warmup(self, max_new_tokens: int = 2) -> list[int]:
-        """A tiny greedy generation that runs the prefill and the decode path once (and compiles the
-        decode step, when enabled). Returns its tokens, which a restored snapshot must reproduce."""
+        """A tiny greedy generation that runs the prefill and the decode path once (and compiles both,
+        when enabled). Returns its tokens, which a restored snapshot must reproduce. The prompt has two
+        tokens or more: a one-token prompt ("Hello" for SmolLM2) prefills with the decode step's
+        shape, and a compiled model then compiled its prefill at the first real request (78 s)."""
         stats = GenerationStats()
-        for _ in self.generate(self.encode("Hello"), Sampling(max_new_tokens=max_new_tokens, temperature=0),
+        for _ in self.generate(self.encode("Hello there"), Sampling(max_new_tokens=max_new_tokens, temperature=0),
                                [], stats):
             pass
         return stats.token_ids
