@@ -104,6 +104,26 @@ def test_a_compiled_model_compiles_at_warm_up_not_at_requests(endless):
     assert counters["stats"]["unique_graphs"] == graphs
 
 
+def test_a_compiled_forward_first_traced_on_two_tokens_serves_every_length(endless):
+    """SmolLM2's warm-up prompt is two tokens; the compiled prefill traced on it must not be
+    specialised to two (it was while the rope table was a plain attribute: its first dim, 2, shared a
+    symbol with the prompt length, and the first real request compiled again for 55-62 s)."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from models.llm.llama import load_llama
+
+    model = load_llama(endless)
+    model.setup_cache(32)
+    forward = torch.compile(model.forward, dynamic=True)
+    with torch.inference_mode():
+        forward(torch.tensor([[5, 17]]), torch.arange(2)[None], kv_len=2)
+        graphs = counters["stats"]["unique_graphs"]
+        for length in (5, 9):
+            forward(torch.arange(3, 3 + length)[None], torch.arange(length)[None], kv_len=length)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 def test_requests_joining_a_running_batch_get_their_own_result(endless):
     samplings = [Sampling(max_new_tokens=150, temperature=0) for _ in PROMPTS[:4]]
     alone = generate_alone(endless, PROMPTS[:4], samplings)

@@ -347,7 +347,10 @@ class Llama(nn.Module):
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.cache_slots = 0
         self.cache_len = 0
-        self.rope: torch.Tensor | None = None
+        # A buffer, not a plain attribute: torch.compile treats a plain tensor attribute as an input
+        # with dynamic sizes, and its first dim (2: cos and sin) then shared a symbol with a two-token
+        # prefill, specialising the compiled prefill to exactly two tokens.
+        self.register_buffer("rope", None, persistent=False)
         # True when every projection is an Int8Linear: a row's logits then depend on nothing else in
         # its batch (given per-row attention lengths), so greedy text batched equals batch-1 text.
         self.rows_independent = False
