@@ -223,7 +223,7 @@ class Batch:
     # alone over its own filled length (see Attention.forward), and, in a prefill of several prompts
     # padded at the end, over its own tokens only (`row_tokens`).
     row_kv_lens: list[int] | None = None
-    row_tokens: list[int] | None = None
+    row_tokens: list[int] | None = None  # each row's own tokens (the rest is padding), set with row_kv_lens
 
     @classmethod
     def make(cls, first_slot: int, positions: torch.Tensor, kv_len: int | None = None,
@@ -421,7 +421,8 @@ class Llama(nn.Module):
         batch = Batch.make(first_slot, positions, kv_len, self.cfg.sliding_window)
         if self.rows_independent:
             batch.row_kv_lens = row_kv_lens
-            batch.row_tokens = None if last is None else [i + 1 for i in last]
+            b, t = input_ids.shape
+            batch.row_tokens = [t] * b if last is None else [i + 1 for i in last]
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rope[:, positions][:, :, None]  # [B, 1, T, hd]: broadcast over heads
         for layer in self.model.layers:
