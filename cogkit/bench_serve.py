@@ -13,6 +13,10 @@ share only the chat template's system prompt and the user turn's first token wit
 different users' requests do, and the server's prefix cache cannot skip a whole prompt it has
 already seen (CTranslate2 recomputes every prompt). `--repeat-prompts` sends the same 8 prompts over
 and over instead, the case of clients retrying or repeating a request.
+
+`--rounds N` runs each level N times, each round cogkit then the peers on that round's prompts, and
+reports the median of the rounds and each round's ratio: on a shared machine whose speed moves by a
+third within minutes, one pair of runs per level decides a ratio near 1 by chance.
 """
 
 import json
@@ -41,6 +45,9 @@ def add_bench_serve(bench, model_help: str) -> None:
     b.add_argument("--peer", choices=["ct2", "llamacpp"], action="append", default=[],
                    help="also run the same prompts on a peer engine, repeatable (installed by "
                         "scripts/peers-setup.sh [llamacpp])")
+    b.add_argument("--rounds", type=int, default=1,
+                   help="run each level this many times, cogkit and the peers alternating; report medians "
+                        "and each round's ratio (default 1)")
     b.add_argument("--peer-weights", help="a torch build the peer converts (default: the served weights; "
                    "needed when those are a ctranslate2 build)")
     b.set_defaults(func=cmd_bench_serve)
@@ -87,7 +94,37 @@ def serve_level(server, concurrency: int, prompts: list[str], max_new: int) -> d
             "ttft_p50": round(percentile([r["ttft"] for r in results], 0.5), 3),
             "ttft_p95": round(percentile([r["ttft"] for r in results], 0.95), 3),
             "per_stream_tokens_per_second": round(statistics.median(r["stream_tps"] for r in results), 2),
-            "texts_in_order": [r["text"] for r in results]}
+            "texts_in_order": [r["text"] for r in results], "ttfts": [r["ttft"] for r in results],
+            "stream_tps": [r["stream_tps"] for r in results]}
+
+
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One level's rounds as one entry: the median round's aggregate, TTFT and per-stream figures over
+    every request of every round, and each round's aggregate (`round_aggregates`)."""
+    ttfts = [t for r in rounds for t in r.pop("ttfts")]
+    stream_tps = [t for r in rounds for t in r.pop("stream_tps")]
+    if len(rounds) == 1:
+        return rounds[0]
+    aggregates = [r["aggregate_tokens_per_second"] for r in rounds]
+    return {"concurrency": rounds[0]["concurrency"], "requests": rounds[0]["requests"], "rounds": len(rounds),
+            "output_tokens": sum(r["output_tokens"] for r in rounds),
+            "wall_seconds": round(sum(r["wall_seconds"] for r in rounds), 3),
+            "aggregate_tokens_per_second": round(statistics.median(aggregates), 2),
+            "round_aggregates": aggregates,
+            "ttft_p50": round(percentile(ttfts, 0.5), 3), "ttft_p95": round(percentile(ttfts, 0.95), 3),
+            "per_stream_tokens_per_second": round(statistics.median(stream_tps), 2),
+            "texts_in_order": [t for r in rounds for t in r["texts_in_order"]]}
+
+
+def merge_peer_rounds(rounds: list[dict], cogkit_aggregates: list[float]) -> dict:
+    """A peer's rounds at one level: its median aggregate and cogkit's ratio to it in each round."""
+    aggregates = [r["aggregate_tokens_per_second"] for r in rounds]
+    ratios = [round(c / p, 3) for c, p in zip(cogkit_aggregates, aggregates, strict=True)]
+    return {**rounds[0], "rounds": len(rounds), "aggregate_tokens_per_second": round(statistics.median(aggregates), 2),
+            "round_aggregates": aggregates, "cogkit_ratio_per_round": ratios,
+            "cogkit_ratio_median": round(statistics.median(ratios), 3),
+            "output_tokens": sum(r["output_tokens"] for r in rounds),
+            "wall_seconds": round(sum(r["wall_seconds"] for r in rounds), 3)}
 
 
 def export_hf_folder(folder: Path) -> Path:
@@ -169,6 +206,8 @@ def cmd_bench_serve(args) -> int:
 
     spec = get_model(args.model)
     levels = [int(c) for c in args.concurrency.split(",")]
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds: must be 1 or more, got {args.rounds}")
     report = {"model": spec.name, "max_new_tokens": args.max_new_tokens, "levels": [], "peers": {},
               "prompts": "repeated" if args.repeat_prompts else "distinct"}
     folder = weights_dir(spec.name)
@@ -198,36 +237,56 @@ def cmd_bench_serve(args) -> int:
         one_request(server, "Hello.", 4)  # warm
         sent = 0
         for c in levels:
-            prompts = bench_prompts(sent, max(args.requests, c), args.repeat_prompts)
-            sent += len(prompts)
-            level = serve_level(server, c, prompts, args.max_new_tokens)
-            report["levels"].append(level)
-            print(f"cogkit c={c}: {level['aggregate_tokens_per_second']} tok/s aggregate, TTFT p50 "
-                  f"{level['ttft_p50']}s p95 {level['ttft_p95']}s, per stream "
-                  f"{level['per_stream_tokens_per_second']} tok/s", flush=True)
-            ids = prompt_ids(folder, prompts) if args.peer else None  # the peers' input
-            if "ct2" in args.peer:  # interleaved: the peer right after the same level
-                quant = "int8" if report["dtype"] == "int8" else "float32"
-                peer = ct2_level(export_hf_folder(peer_folder), quant, ids, c, max(args.requests, c),
-                                 args.max_new_tokens)
-                peer.pop("token_ids")
-                report["peers"].setdefault("ct2", []).append(peer)
-                print(f"ct2    c={c}: {peer['aggregate_tokens_per_second']} tok/s aggregate", flush=True)
-            if gguf is not None:
-                from cogkit.peer_llamacpp import llamacpp_level
-
-                peer = llamacpp_level(gguf, ids, c, args.max_new_tokens)
-                texts = peer.pop("texts_in_order")
-                # greedy on the same values: how many answers are cogkit's, word for word
-                peer["same_text_as_cogkit"] = sum(a == b for a, b in zip(texts, level["texts_in_order"]))
-                report["peers"].setdefault("llamacpp", []).append(peer)
-                print(f"llama.cpp c={c}: {peer['aggregate_tokens_per_second']} tok/s aggregate "
-                      f"({peer['same_text_as_cogkit']}/{len(texts)} answers as cogkit's)", flush=True)
+            rounds, peer_rounds = [], {}
+            for r in range(args.rounds):
+                prompts = bench_prompts(sent, max(args.requests, c), args.repeat_prompts)
+                sent += len(prompts)
+                level = serve_level(server, c, prompts, args.max_new_tokens)
+                rounds.append(level)
+                tag = f" (round {r + 1}/{args.rounds})" if args.rounds > 1 else ""
+                print(f"cogkit c={c}: {level['aggregate_tokens_per_second']} tok/s aggregate, TTFT p50 "
+                      f"{level['ttft_p50']}s p95 {level['ttft_p95']}s, per stream "
+                      f"{level['per_stream_tokens_per_second']} tok/s{tag}", flush=True)
+                for name, peer in run_peers(args, report, folder, peer_folder, gguf, prompts, c, level):
+                    peer_rounds.setdefault(name, []).append(peer)
+            merged = merge_rounds(rounds)
+            report["levels"].append(merged)
+            for name, runs in peer_rounds.items():
+                peer = merge_peer_rounds(runs, [lv["aggregate_tokens_per_second"] for lv in rounds])
+                report["peers"].setdefault(name, []).append(peer)
+                if args.rounds > 1:
+                    print(f"c={c} over {args.rounds} rounds: cogkit median {merged['aggregate_tokens_per_second']}, "
+                          f"{name} median {peer['aggregate_tokens_per_second']} tok/s; cogkit/{name} per round "
+                          f"{peer['cogkit_ratio_per_round']}, median {peer['cogkit_ratio_median']}", flush=True)
     for level in report["levels"]:
         level.pop("texts_in_order")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def run_peers(args, report: dict, folder: Path, peer_folder: Path, gguf, prompts: list[str], c: int,
+              level: dict):
+    """The peers on the prompts cogkit just served (interleaved: right after it), as (name, result)."""
+    if not args.peer:
+        return
+    ids = prompt_ids(folder, prompts)
+    if "ct2" in args.peer:
+        quant = "int8" if report["dtype"] == "int8" else "float32"
+        peer = ct2_level(export_hf_folder(peer_folder), quant, ids, c, len(prompts), args.max_new_tokens)
+        peer.pop("token_ids")
+        print(f"ct2    c={c}: {peer['aggregate_tokens_per_second']} tok/s aggregate", flush=True)
+        yield "ct2", peer
+    if gguf is not None:
+        from cogkit.peer_llamacpp import llamacpp_level
+
+        peer = llamacpp_level(gguf, ids, c, args.max_new_tokens)
+        texts = peer.pop("texts_in_order")
+        # greedy on the same values: how many answers are cogkit's, word for word
+        peer["same_text_as_cogkit"] = sum(a == b for a, b in zip(texts, level["texts_in_order"]))
+        print(f"llama.cpp c={c}: {peer['aggregate_tokens_per_second']} tok/s aggregate "
+              f"({peer['same_text_as_cogkit']}/{len(texts)} answers as cogkit's)", flush=True)
+        yield "llamacpp", peer
 
 
 def prompt_ids(folder: Path, prompts: list[str]) -> list[list[int]]:

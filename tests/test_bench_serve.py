@@ -13,18 +13,21 @@ def test_bench_serve_reports_every_level(endless_weights_root, tmp_path):
     out = tmp_path / "serve.json"
     env = {**os.environ, "COGKIT_WEIGHTS_DIR": str(endless_weights_root)}
     res = subprocess.run([sys.executable, "-m", "cogkit.cli", "bench", "serve", "llm", "--concurrency", "1,4",
-                          "--requests", "8", "--max-new-tokens", "6", "--json", str(out)],
+                          "--requests", "8", "--max-new-tokens", "6", "--rounds", "2", "--json", str(out)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(out.read_text())
     assert [lv["concurrency"] for lv in report["levels"]] == [1, 4]
     for level in report["levels"]:
-        assert level["output_tokens"] == 8 * 6  # the endless model always runs to its budget
-        assert level["aggregate_tokens_per_second"] > 0
+        assert level["output_tokens"] == 2 * 8 * 6  # two rounds; the endless model runs to its budget
+        assert level["rounds"] == 2 and len(level["round_aggregates"]) == 2
+        # the median of two rounds is their mean
+        assert abs(level["aggregate_tokens_per_second"] - sum(level["round_aggregates"]) / 2) < 0.01
+        assert all(a > 0 for a in level["round_aggregates"])
         assert 0 < level["ttft_p50"] <= level["ttft_p95"]
         assert level["per_stream_tokens_per_second"] > 0
     assert report["memory_read_gbps"] > 0 and report["batch1_ceiling_tokens_per_second"] > 0
-    assert "cogkit c=4:" in res.stdout
+    assert "cogkit c=4:" in res.stdout and "(round 2/2)" in res.stdout
     assert report["prompts"] == "distinct"
 
 
