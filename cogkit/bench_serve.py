@@ -101,10 +101,8 @@ def serve_level(server, concurrency: int, prompts: list[str], max_new: int) -> d
 def merge_rounds(rounds: list[dict]) -> dict:
     """One level's rounds as one entry: the median round's aggregate, TTFT and per-stream figures over
     every request of every round, and each round's aggregate (`round_aggregates`)."""
-    ttfts = [t for r in rounds for t in r.pop("ttfts")]
-    stream_tps = [t for r in rounds for t in r.pop("stream_tps")]
-    if len(rounds) == 1:
-        return rounds[0]
+    ttfts = [t for r in rounds for t in r["ttfts"]]
+    stream_tps = [t for r in rounds for t in r["stream_tps"]]
     aggregates = [r["aggregate_tokens_per_second"] for r in rounds]
     return {"concurrency": rounds[0]["concurrency"], "requests": rounds[0]["requests"], "rounds": len(rounds),
             "output_tokens": sum(r["output_tokens"] for r in rounds),
@@ -112,8 +110,7 @@ def merge_rounds(rounds: list[dict]) -> dict:
             "aggregate_tokens_per_second": round(statistics.median(aggregates), 2),
             "round_aggregates": aggregates,
             "ttft_p50": round(percentile(ttfts, 0.5), 3), "ttft_p95": round(percentile(ttfts, 0.95), 3),
-            "per_stream_tokens_per_second": round(statistics.median(stream_tps), 2),
-            "texts_in_order": [t for r in rounds for t in r["texts_in_order"]]}
+            "per_stream_tokens_per_second": round(statistics.median(stream_tps), 2)}
 
 
 def merge_peer_rounds(rounds: list[dict], cogkit_aggregates: list[float]) -> dict:
@@ -258,8 +255,6 @@ def cmd_bench_serve(args) -> int:
                     print(f"c={c} over {args.rounds} rounds: cogkit median {merged['aggregate_tokens_per_second']}, "
                           f"{name} median {peer['aggregate_tokens_per_second']} tok/s; cogkit/{name} per round "
                           f"{peer['cogkit_ratio_per_round']}, median {peer['cogkit_ratio_median']}", flush=True)
-    for level in report["levels"]:
-        level.pop("texts_in_order")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(report, indent=2))
     return 0
