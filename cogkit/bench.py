@@ -6,7 +6,8 @@ Variants, measured side by side (interleaved, each boot a fresh process, same pa
   (b) built:    cogkit's predictor on the built weights, snapshot off;
   (c) snapshot: cogkit's predictor on the built weights, restoring the boot-time snapshot;
   floor:        a fresh Python that imports the model's engine (`floor_imports`: torch, faster_whisper, piper)
-                and cog, and reads the weights files once.
+                and cog (as the model server's processes import it: cogkit/startup), and reads the
+                weights files once.
 Each variant then serves the model's `bench_input`; the outputs must agree.
 """
 
@@ -83,8 +84,12 @@ def floor_once(weights: Path, imports: str = "torch") -> float:
     code = (f"import sys, pathlib, {imports}, cog\n"
             "for p in sorted(pathlib.Path(sys.argv[1]).iterdir()):\n"
             "    p.is_file() and p.read_bytes()\n")
+    # cog imported as the model server's processes import it (cogkit/startup/sitecustomize.py)
+    from cogkit.server import STARTUP_DIR
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(STARTUP_DIR), os.environ.get("PYTHONPATH")]))}
     start = time.monotonic()
-    subprocess.run([sys.executable, "-c", code, str(weights)], check=True)
+    subprocess.run([sys.executable, "-c", code, str(weights)], check=True, env=env)
     return time.monotonic() - start
 
 

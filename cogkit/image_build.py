@@ -115,7 +115,8 @@ def dockerfile(base: str, deps_image: str, runner: str, snapshot: bool, concurre
         # Cog's images run tini as PID 1 (signals, zombie reaping); the offline Debian base has it.
         "RUN command -v tini >/dev/null || (apt-get update -qq && apt-get install -qqy --no-install-recommends "
         "tini && rm -rf /var/lib/apt/lists/*)",
-        "ENV PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH PYTHONPATH=/src",
+        # cogkit/startup: its sitecustomize imports cog's SDK lighter in both of coglet's processes.
+        "ENV PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH PYTHONPATH=/src:/src/cogkit/startup",
     ]
     if gpu:
         lines.append("ENV NVIDIA_DRIVER_CAPABILITIES=all "

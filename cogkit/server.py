@@ -55,6 +55,9 @@ def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
         yield event, json.loads("\n".join(data))
 
 
+# On the PYTHONPATH of every model server cogkit starts (cogkit/startup/sitecustomize.py).
+STARTUP_DIR = Path(__file__).resolve().parent / "startup"
+
 INPUT_ERROR_CLASS = re.compile(r"^[A-Za-z_]\w*(?:Error|Exception): (?=[a-z_][\w.\[\]]*: )")
 
 
@@ -110,7 +113,8 @@ class CogServer:
         env = {**os.environ, **self.extra_env}
         # coglet starts its worker with the first `python` on PATH: make it this interpreter.
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root), env.get("PYTHONPATH")]))
+        # cogkit/startup: its sitecustomize imports cog's SDK lighter in both of coglet's processes.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root), str(STARTUP_DIR), env.get("PYTHONPATH")]))
         env["PORT"] = str(self.port)
         env["COG_PREDICT_TYPE_STUB"] = str(self.root / self.runner)
         env["COG_SETUP_TIMEOUT"] = str(int(self.setup_timeout))

@@ -9,10 +9,7 @@ transcription (the audio cut at pauses into chunks of up to 30 s, decoded in bat
 Nothing here imports torch or transformers.
 """
 
-import importlib
 import os
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,30 +67,16 @@ def runtime_device() -> str:
     return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
-class ImportedOnUse(types.ModuleType):
-    """Stands for a module not imported yet: the first attribute asked of it imports the module."""
-
-    def __getattr__(self, name: str):  # only called for attributes a plain module does not have
-        return getattr(importlib.import_module(self.__name__), name)
-
-
 def import_faster_whisper():
     """Import faster-whisper without importing PyAV (~35 ms of its ~110 ms here). faster-whisper
     imports av at the top of faster_whisper/audio.py for decode_audio(), which cogkit never calls: the
     predictors decode with libsndfile (models/audio/audio_io.py) and hand faster-whisper samples.
-    While faster-whisper imports, sys.modules holds a stand-in for av, which faster_whisper.audio
-    keeps; the stand-in imports the real av when decode_audio() first uses it. It leaves sys.modules
-    right after, so any other `import av` imports the real one."""
-    if "faster_whisper" in sys.modules or "av" in sys.modules:
-        import faster_whisper
+    faster_whisper.audio keeps a stand-in for av that imports the real one when decode_audio() first
+    uses it; any other `import av` imports the real one (cogkit/deferred_imports.py)."""
+    from cogkit.deferred_imports import deferred
 
-        return faster_whisper
-    stand_in = sys.modules["av"] = ImportedOnUse("av")
-    try:
+    with deferred("av"):
         import faster_whisper
-    finally:
-        if sys.modules.get("av") is stand_in:
-            del sys.modules["av"]
     return faster_whisper
 
 
