@@ -46,8 +46,11 @@ def test_int8_model_loads_int8_layers_and_stays_close_to_float32(int8_folder, ti
         lq = q(ids, torch.arange(8)[None], all_logits=True)
         lf = f(ids, torch.arange(8)[None], all_logits=True)
     cos = torch.nn.functional.cosine_similarity(lq.flatten(), lf.flatten(), dim=0)
-    assert cos > 0.98, cos
-    assert (lq.argmax(-1) == lf.argmax(-1)).float().mean() >= 0.75
+    # 0.926 where fbgemm's kernels clip (8-bit weights on a CPU without VNNI), 0.996 here now
+    assert cos > 0.99, cos
+    # The tiny random model's logits are nearly flat: 7/8 argmaxes agree with 8-bit weights computed
+    # exactly, 5/8 with 7-bit ones, whose logits are as close (cosine 0.996 against 0.997).
+    assert (lq.argmax(-1) == lf.argmax(-1)).float().mean() >= 0.6
 
 
 def test_int8_generates_through_the_batching_engine(int8_folder):
@@ -125,3 +128,32 @@ def test_int8_prompts_prefilled_together_give_the_bits_they_give_alone(int8_fold
                          last=[len(p) - 1 for p in prompts], row_kv_lens=[len(p) for p in prompts])
     for i in range(len(prompts)):
         assert torch.equal(together[i], alone[i]), i
+
+
+def test_an_int8_build_with_eight_bit_weights_is_narrowed_at_load(tiny_llm_source, tiny_weights_root, tmp_path,
+                                                                  monkeypatch, capsys):
+    """Builds from before INT8_LEVELS stored weights to 127, which fbgemm's kernels clip on most CPUs:
+    they load with their weights brought into -63..63, as close to float32 as a new build, and setup
+    says so."""
+    import models.llm.llama as llama
+
+    monkeypatch.setattr(llama, "INT8_LEVELS", 127)
+    old_folder = build_int8(tiny_llm_source, tmp_path / "old")
+    monkeypatch.undo()
+    assert "narrowed" not in capsys.readouterr().out
+    old = load_llama(old_folder)
+    layers = [m for m in old.modules() if isinstance(m, Int8Linear)]
+    assert f"setup: {len(layers)} int8 layers built with 8-bit weights, narrowed to 7 bits" in capsys.readouterr().out
+    assert layers and all(int(m.packed.unpack()[0].int_repr().abs().max()) <= llama.INT8_LEVELS for m in layers)
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8]])
+    f = load_llama(tiny_weights_root / "llm")
+    old.setup_cache(16), f.setup_cache(16)
+    with torch.inference_mode():
+        lo = old(ids, torch.arange(8)[None], all_logits=True)
+        lf = f(ids, torch.arange(8)[None], all_logits=True)
+    assert torch.nn.functional.cosine_similarity(lo.flatten(), lf.flatten(), dim=0) > 0.99  # as a new build
+
+
+def build_int8(source, root):
+    build_weights("llm", source=str(source), dtype="int8", dest=root / "llm", log=lambda *a: None)
+    return root / "llm"
