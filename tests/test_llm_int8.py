@@ -111,6 +111,32 @@ def test_int8_greedy_text_is_the_same_batched_as_alone(int8_folder):
     assert together == alone
 
 
+def test_int8_decode_rows_give_the_bits_they_give_alone_in_any_batch(int8_folder):
+    # One masked attention call serves a decode step's rows, over a key count rounded up to a multiple
+    # of ROW_KEYS_MULTIPLE; each row must still come out bit for bit as it does alone, for rows whose
+    # lengths fall on either side of the multiples and far apart.
+    from models.llm.llama import ROW_KEYS_MULTIPLE
+
+    model = load_llama(int8_folder)
+    gen = torch.Generator().manual_seed(0)
+    m = ROW_KEYS_MULTIPLE
+    lengths = [5, m - 1, m, m + 1, 2 * m, 100, 3 * m + 7, 200, 7 * m, 13, 90, 129]
+    model.setup_cache(256, slots=len(lengths))
+    with torch.inference_mode():
+        for slot, n in enumerate(lengths):
+            model(torch.randint(3, 250, (1, n), generator=gen), torch.arange(n)[None], first_slot=slot, kv_len=n)
+        ids = torch.randint(3, 250, (len(lengths), 1), generator=gen)
+        alone = [model(ids[i:i + 1], torch.tensor([[n]]), first_slot=i, kv_len=n + 1, row_kv_lens=[n + 1])[0]
+                 for i, n in enumerate(lengths)]
+        for size in (2, 3, 8, len(lengths)):
+            for first in range(0, len(lengths) - size + 1, max(1, size // 2)):
+                rows = range(first, first + size)
+                out = model(ids[first:first + size], torch.tensor([[lengths[i]] for i in rows]), first_slot=first,
+                            kv_len=max(lengths[i] for i in rows) + 1, row_kv_lens=[lengths[i] + 1 for i in rows])
+                for j, i in enumerate(rows):
+                    assert torch.equal(out[j], alone[i]), (size, first, lengths[i])
+
+
 def test_int8_prompts_prefilled_together_give_the_bits_they_give_alone(int8_folder):
     # The engine prefills prompts that arrive together in one forward, each row padded at the end; an
     # int8 row must still come out bit for bit as it does alone (its attention runs over its own
