@@ -231,11 +231,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
 # that are both multiples of 16 (its vectors' width: AVX-512 16 floats, AVX2 8): a key then lands in
 # the same lane of the same vector whatever the count, and the masked ones add exact zeros (0 of 628
 # (row length, count) pairs differed with counts rounded to 16, 0 of 607 rounded to 32, crossing its
-# 512-key blocks too; 608 of 652 differed for counts not so rounded). So one masked call serves the
-# whole batch and each row comes out as it does alone, where before each row had an attention call of
-# its own over exactly its keys (now a step 2-10 % faster at 4-16 rows). The count is capped at the
-# cache's length, a multiple of 256 or the context: with a context that is not a multiple of this,
-# rows within 32 tokens of its end may round differently alone and batched.
+# 512-key blocks too, with ATEN_CPU_CAPABILITY=avx2 and =default as well; 608 of 652 differed for
+# counts not so rounded). So one masked call serves the whole batch and each row comes out as it does
+# alone, where before each row had an attention call of its own over exactly its keys (now a step
+# 2-10 % faster at 4-16 rows). The count is capped at the cache's length, a multiple of 256 or the
+# context: with a context that is not a multiple of this, rows within 32 tokens of its end may round
+# differently alone and batched.
 ROW_KEYS_MULTIPLE = 32
 
 
