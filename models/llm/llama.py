@@ -247,7 +247,9 @@ class Batch:
     positions: torch.Tensor  # [B, T] absolute positions of the new tokens
     slots: torch.Tensor  # [B, 1] the cache slot of each row
     kv_len: int  # keys attended: cache positions 0 .. kv_len-1 (the filled part)
-    mask: torch.Tensor  # [B, 1, T, kv_len] True where a query may see a key
+    # Added to the attention scores: 0 where a query may see a key, -inf elsewhere. Made once per
+    # forward: SDPA turns a boolean mask into this in every layer's call.
+    mask: torch.Tensor  # [B, 1, T, kv_len]
     window_mask: torch.Tensor  # the same for sliding-window layers (Mistral, some Qwen)
     # Set when the rows must not depend on each other (int8 models): in a prefill of several prompts
     # padded at the end, each row's attention then runs alone over its own tokens and filled length
@@ -257,14 +259,21 @@ class Batch:
 
     @classmethod
     def make(cls, first_slot: int, positions: torch.Tensor, kv_len: int | None = None,
-             window: int | None = None) -> "Batch":
+             window: int | None = None, dtype: torch.dtype = torch.float32) -> "Batch":
         # A caller that knows the lengths passes kv_len (no device sync); it may round it up.
         kv_len = int(positions.max()) + 1 if kv_len is None else kv_len
         keys = torch.arange(kv_len, device=positions.device)[None, None, :]
-        mask = (keys <= positions[:, :, None])[:, None]
-        window_mask = (mask & (keys > positions[:, :, None] - window)[:, None]) if window else mask
+        sees = (keys <= positions[:, :, None])[:, None]
+        window_sees = (sees & (keys > positions[:, :, None] - window)[:, None]) if window else None
+        mask = additive_mask(sees, dtype)
+        window_mask = additive_mask(window_sees, dtype) if window else mask
         slots = torch.arange(first_slot, first_slot + positions.shape[0], device=positions.device)[:, None]
         return cls(first_slot, positions, slots, kv_len, mask, window_mask)
+
+
+def additive_mask(sees: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask as SDPA converts it: 0 where True, -inf where False."""
+    return torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill_(~sees, float("-inf"))
 
 
 class KVCache(nn.Module):
@@ -440,7 +449,7 @@ class Llama(nn.Module):
         if self.rows_independent and input_ids.shape[1] == 1:
             kv_len = int(positions.max()) + 1 if kv_len is None else kv_len
             kv_len = min(self.cache_len, ROW_KEYS_MULTIPLE * math.ceil(kv_len / ROW_KEYS_MULTIPLE))
-        batch = Batch.make(first_slot, positions, kv_len, self.cfg.sliding_window)
+        batch = Batch.make(first_slot, positions, kv_len, self.cfg.sliding_window, self.dtype)
         if self.rows_independent:
             batch.row_kv_lens = row_kv_lens
             b, t = input_ids.shape
