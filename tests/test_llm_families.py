@@ -84,7 +84,7 @@ def test_a_decode_step_over_rounded_key_counts_attends_as_the_exact_one(family):
         for slot, length in enumerate(lengths):
             model(torch.tensor([IDS[:length]]), torch.arange(length)[None], first_slot=slot)
         step = dict(input_ids=torch.tensor([[IDS[n]], [IDS[n - 3]]]), positions=torch.tensor([[m] for m in lengths]),
-                    kv_len=max(lengths) + 1, row_kv_lens=[m + 1 for m in lengths])
+                    kv_len=max(lengths) + 1)
         masked = model(**step)
         model.rows_independent = True
         rounded = model(**step)

@@ -126,13 +126,13 @@ def test_int8_decode_rows_give_the_bits_they_give_alone_in_any_batch(int8_folder
         for slot, n in enumerate(lengths):
             model(torch.randint(3, 250, (1, n), generator=gen), torch.arange(n)[None], first_slot=slot, kv_len=n)
         ids = torch.randint(3, 250, (len(lengths), 1), generator=gen)
-        alone = [model(ids[i:i + 1], torch.tensor([[n]]), first_slot=i, kv_len=n + 1, row_kv_lens=[n + 1])[0]
+        alone = [model(ids[i:i + 1], torch.tensor([[n]]), first_slot=i, kv_len=n + 1)[0]
                  for i, n in enumerate(lengths)]
         for size in (2, 3, 8, len(lengths)):
             for first in range(0, len(lengths) - size + 1, max(1, size // 2)):
                 rows = range(first, first + size)
                 out = model(ids[first:first + size], torch.tensor([[lengths[i]] for i in rows]), first_slot=first,
-                            kv_len=max(lengths[i] for i in rows) + 1, row_kv_lens=[lengths[i] + 1 for i in rows])
+                            kv_len=max(lengths[i] for i in rows) + 1)
                 for j, i in enumerate(rows):
                     assert torch.equal(out[j], alone[i]), (size, first, lengths[i])
 

@@ -210,8 +210,7 @@ class BatchEngine:
     def _decode(self, seqs: list[Sequence]) -> None:
         ids = torch.tensor([[s.last_token] for s in seqs], device=self.device)
         positions = torch.tensor([[s.cached] for s in seqs], device=self.device)
-        logits = self.model(ids, positions, first_slot=0, kv_len=max(s.cached for s in seqs) + 1,
-                            row_kv_lens=[s.cached + 1 for s in seqs])
+        logits = self.model(ids, positions, first_slot=0, kv_len=max(s.cached for s in seqs) + 1)
         for s in seqs:
             s.cached += 1
         self.steps += 1

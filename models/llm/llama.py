@@ -264,9 +264,8 @@ class Batch:
         kv_len = int(positions.max()) + 1 if kv_len is None else kv_len
         keys = torch.arange(kv_len, device=positions.device)[None, None, :]
         sees = (keys <= positions[:, :, None])[:, None]
-        window_sees = (sees & (keys > positions[:, :, None] - window)[:, None]) if window else None
         mask = additive_mask(sees, dtype)
-        window_mask = additive_mask(window_sees, dtype) if window else mask
+        window_mask = additive_mask(sees & (keys > positions[:, :, None] - window)[:, None], dtype) if window else mask
         slots = torch.arange(first_slot, first_slot + positions.shape[0], device=positions.device)[:, None]
         return cls(first_slot, positions, slots, kv_len, mask, window_mask)
 
@@ -443,7 +442,8 @@ class Llama(nn.Module):
                 row_kv_lens: list[int] | None = None, last: list[int] | None = None) -> torch.Tensor:
         """Logits of each row's last token ([B, vocab]), or of every token with `all_logits`
         ([B, T, vocab]). `input_ids` and `positions` are [B, T]; row i uses cache slot first_slot+i.
-        `row_kv_lens` (each row's filled length once this call is done) is used when `rows_independent`.
+        `row_kv_lens` (each row's filled length once this call is done) is used when `rows_independent`,
+        by a prefill of several rows (a decode step needs none: see ROW_KEYS_MULTIPLE).
         `last`: the index of each row's last token, for rows padded at the end (prompts of different
         lengths prefilled together)."""
         if self.rows_independent and input_ids.shape[1] == 1:
