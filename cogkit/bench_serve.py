@@ -197,6 +197,7 @@ def bytes_read_per_token(path: Path) -> int:
 
 
 def cmd_bench_serve(args) -> int:
+    from cogkit.ct2_cpu import prefer_measured_isa
     from cogkit.server import CogServer
     from cogkit.weights import weights_dir
     from models import get_model
@@ -207,6 +208,9 @@ def cmd_bench_serve(args) -> int:
         raise SystemExit(f"--rounds: must be 1 or more, got {args.rounds}")
     report = {"model": spec.name, "max_new_tokens": args.max_new_tokens, "levels": [], "peers": {},
               "prompts": "repeated" if args.repeat_prompts else "distinct"}
+    # In this process's environment, so that a CTranslate2 model server and the CTranslate2 peer
+    # (subprocesses) run the same kernels (cogkit/ct2_cpu.py).
+    report["ctranslate2_isa"] = prefer_measured_isa() or "default"
     folder = weights_dir(spec.name)
     manifest = json.loads((folder / "manifest.json").read_text())
     report["dtype"] = manifest.get("dtype")

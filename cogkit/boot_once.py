@@ -27,9 +27,9 @@ def device_here() -> str:
     except ImportError:
         pass
     try:
-        import ctranslate2
+        from cogkit.ct2_cpu import import_ctranslate2
 
-        return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        return "cuda" if import_ctranslate2().get_cuda_device_count() > 0 else "cpu"
     except ImportError:
         return "cpu"
 

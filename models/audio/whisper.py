@@ -35,9 +35,9 @@ class WhisperSourceError(ValueError):
 def runtime_dtype() -> str:
     """CTranslate2's compute type: float16 on a GPU, int8 on CPU (int8 matmuls are ~1.3x faster than
     float32 there and the weights 4x smaller)."""
-    import ctranslate2
+    from cogkit.ct2_cpu import import_ctranslate2
 
-    return "float16" if ctranslate2.get_cuda_device_count() > 0 else "int8"
+    return "float16" if import_ctranslate2().get_cuda_device_count() > 0 else "int8"
 
 
 def compute_type(folder: Path | None, device: str) -> str:
@@ -54,13 +54,16 @@ def compute_type(folder: Path | None, device: str) -> str:
 
 
 def snapshot_extra(device: str, folder: Path | None = None) -> dict:
-    """The predictor's part of the snapshot key: the engine's versions and the compute type."""
+    """The predictor's part of the snapshot key: the engine's versions and the compute type, the CPU
+    and the instruction set CTranslate2 runs on it (cogkit/ct2_cpu.py)."""
     from importlib.metadata import version
 
+    from cogkit.ct2_cpu import prefer_measured_isa
     from models.audio.snapshot import cpu_fingerprint
 
     return {"ctranslate2": version("ctranslate2"), "faster_whisper": version("faster-whisper"),
-            "compute_type": compute_type(folder, device), "cpu": cpu_fingerprint()}
+            "compute_type": compute_type(folder, device), "cpu": cpu_fingerprint(),
+            "ctranslate2_isa": prefer_measured_isa() or "default"}
 
 
 # ---------------------------------------------------------------------------------------------

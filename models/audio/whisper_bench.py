@@ -77,6 +77,9 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
 
 def engines(settings: list[tuple[str, int]], scratch: Path) -> dict:
     """name -> transcribe(samples) -> text, for today and each setting of cogkit and faster-whisper."""
+    from cogkit.ct2_cpu import prefer_measured_isa
+
+    prefer_measured_isa()  # before faster-whisper imports CTranslate2: the peer runs cogkit's ISA
     import torch
     from faster_whisper import WhisperModel
 
@@ -133,7 +136,8 @@ def bench(runs: int = 3, settings: str = DEFAULT_SETTINGS, log=print) -> dict:
                 elapsed += time.perf_counter() - started
             times[name].append(elapsed)
             log(f"run {run + 1}/{runs} {name}: RTF {elapsed / total:.3f}")
-    report = {"threads": 1, "runs": runs, "clip_seconds": {k: round(v, 2) for k, v in seconds.items()},
+    report = {"threads": 1, "runs": runs, "ctranslate2_isa": os.environ.get("CT2_FORCE_CPU_ISA", "default"),
+              "clip_seconds": {k: round(v, 2) for k, v in seconds.items()},
               "reference_words": {clip: len(normalise(ref).split()) for clip, (ref, _) in clips.items()},
               "engines": {}}
     today = statistics.median(times["today fp32 b1"])

@@ -62,7 +62,9 @@ def checked_language(language: str | None, task: str, multilingual: bool) -> str
     return code
 
 def runtime_device() -> str:
-    import ctranslate2
+    from cogkit.ct2_cpu import import_ctranslate2
+
+    ctranslate2 = import_ctranslate2()
 
     return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
@@ -89,7 +91,9 @@ class ModelLoad:
     def __init__(self, folder: Path, device: str, compute_type: str, threads: int | None = None):
         from concurrent.futures import ThreadPoolExecutor
 
-        import ctranslate2
+        from cogkit.ct2_cpu import import_ctranslate2
+
+        ctranslate2 = import_ctranslate2()
 
         self.folder = Path(folder)
         if not (self.folder / "model.bin").is_file():

@@ -25,6 +25,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from cogkit.ct2_cpu import import_ctranslate2
 from models.llm.ct2_build import CT2_FOLDER
 from models.llm.text_generation import Generation, Request, Sampling
 
@@ -53,16 +54,13 @@ def compute_type(stored: str, device: str) -> str:
 
 
 def cuda_available() -> bool:
-    import ctranslate2
-
-    return ctranslate2.get_cuda_device_count() > 0
+    return import_ctranslate2().get_cuda_device_count() > 0
 
 
 class CT2Engine:
     def __init__(self, folder: Path, tokenizer, eos_ids: set[int], context_length: int, max_batch: int = 1,
                  device: str = "cpu", dtype: str = "float32"):
-        import ctranslate2
-
+        ctranslate2 = import_ctranslate2()
         threads = int(os.environ.get("OMP_NUM_THREADS", "0"))  # 0: CTranslate2 picks (one per core)
         self.generator = ctranslate2.Generator(str(Path(folder) / CT2_FOLDER), device=device,
                                                compute_type=compute_type(dtype, device), intra_threads=threads)
