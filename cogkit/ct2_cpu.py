@@ -3,14 +3,14 @@
 CTranslate2 runs its own kernels (quantising activations for its int8 GEMMs, softmax, norms, the
 beam search's bookkeeping) with AVX2 on every x86 CPU unless the environment variable
 CT2_FORCE_CPU_ISA asks for more: "AVX512 can only be enabled with the environment variable at this
-time" (its src/cpu/cpu_isa.cc; its GEMMs, oneDNN's, choose their own instructions). On a Zen 4 EPYC
-with one thread, AVX512 made Whisper tiny.en int8 ~10 % faster at beam 2 and SmolLM2 int8 ~8 % at
+time" (its src/cpu/cpu_isa.cc; its GEMMs, oneDNN's, choose their own instructions). On a Zen 4
+EPYC with one thread, AVX512 made Whisper tiny.en int8 ~10 % faster at beam 2 and SmolLM2 int8 ~8 % at
 one stream, and left float32 as it was (README, Audio: "CTranslate2's AVX-512 kernels on AMD CPUs";
-docs/llm-serving-measurements.md, stop 28). So
-cogkit asks for it, before CTranslate2 is imported, on AMD CPUs that have the five AVX-512 subsets
-CTranslate2 checks for (it refuses the setting on a CPU without them). Intel CPUs keep CTranslate2's
-choice: some lower their clock under AVX-512, and none was measured here. A value already set (by
-the user, or `CT2_FORCE_CPU_ISA=AVX2` to compare) is left alone.
+docs/llm-serving-measurements.md, stop 28). So cogkit asks for it, before CTranslate2 is imported, on
+AMD CPUs that have the five AVX-512 subsets CTranslate2 checks for (it refuses the setting on a CPU
+without them). Intel CPUs keep CTranslate2's choice: some lower their clock under AVX-512, and none
+was measured here. A value already set (by the user, or `CT2_FORCE_CPU_ISA=AVX2` to compare) is left
+alone.
 
 The ISA is fixed the first time CTranslate2 asks for it, for the whole process: a benchmark's peer
 in the same process (faster-whisper) or a subprocess given this environment runs with the same one.
