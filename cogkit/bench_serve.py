@@ -197,7 +197,7 @@ def bytes_read_per_token(path: Path) -> int:
 
 
 def cmd_bench_serve(args) -> int:
-    from cogkit.ct2_cpu import prefer_measured_isa
+    from cogkit.ct2_cpu import isa_in_use
     from cogkit.server import CogServer
     from cogkit.weights import weights_dir
     from models import get_model
@@ -210,7 +210,7 @@ def cmd_bench_serve(args) -> int:
               "prompts": "repeated" if args.repeat_prompts else "distinct"}
     # In this process's environment, so that a CTranslate2 model server and the CTranslate2 peer
     # (subprocesses) run the same kernels (cogkit/ct2_cpu.py).
-    report["ctranslate2_isa"] = prefer_measured_isa() or "default"
+    report["ctranslate2_isa"] = isa_in_use()
     folder = weights_dir(spec.name)
     manifest = json.loads((folder / "manifest.json").read_text())
     report["dtype"] = manifest.get("dtype")

@@ -57,6 +57,12 @@ def prefer_measured_isa(environ=os.environ) -> str | None:
     return environ.get(ISA_VARIABLE)
 
 
+def isa_in_use() -> str:
+    """What CTranslate2 runs here, for snapshot keys and benchmark reports: the ISA asked for, or
+    "default" (CTranslate2's own choice)."""
+    return prefer_measured_isa() or "default"
+
+
 def import_ctranslate2():
     """`import ctranslate2`, with the ISA chosen first (every cogkit module imports it through this)."""
     prefer_measured_isa()

@@ -58,12 +58,12 @@ def snapshot_extra(device: str, folder: Path | None = None) -> dict:
     and the instruction set CTranslate2 runs on it (cogkit/ct2_cpu.py)."""
     from importlib.metadata import version
 
-    from cogkit.ct2_cpu import prefer_measured_isa
+    from cogkit.ct2_cpu import isa_in_use
     from models.audio.snapshot import cpu_fingerprint
 
     return {"ctranslate2": version("ctranslate2"), "faster_whisper": version("faster-whisper"),
             "compute_type": compute_type(folder, device), "cpu": cpu_fingerprint(),
-            "ctranslate2_isa": prefer_measured_isa() or "default"}
+            "ctranslate2_isa": isa_in_use()}
 
 
 # ---------------------------------------------------------------------------------------------

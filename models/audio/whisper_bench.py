@@ -77,9 +77,9 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
 
 def engines(settings: list[tuple[str, int]], scratch: Path) -> dict:
     """name -> transcribe(samples) -> text, for today and each setting of cogkit and faster-whisper."""
-    from cogkit.ct2_cpu import prefer_measured_isa
+    from cogkit.ct2_cpu import isa_in_use
 
-    prefer_measured_isa()  # before faster-whisper imports CTranslate2: the peer runs cogkit's ISA
+    isa_in_use()  # chosen before faster-whisper imports CTranslate2: the peer runs cogkit's ISA
     import torch
     from faster_whisper import WhisperModel
 
@@ -119,6 +119,8 @@ def engines(settings: list[tuple[str, int]], scratch: Path) -> dict:
 
 
 def bench(runs: int = 3, settings: str = DEFAULT_SETTINGS, log=print) -> dict:
+    from cogkit.ct2_cpu import isa_in_use
+
     clips = speech_clips()
     seconds = {name: len(samples) / SAMPLE_RATE for name, (_, samples) in clips.items()}
     total = sum(seconds.values())
@@ -136,7 +138,7 @@ def bench(runs: int = 3, settings: str = DEFAULT_SETTINGS, log=print) -> dict:
                 elapsed += time.perf_counter() - started
             times[name].append(elapsed)
             log(f"run {run + 1}/{runs} {name}: RTF {elapsed / total:.3f}")
-    report = {"threads": 1, "runs": runs, "ctranslate2_isa": os.environ.get("CT2_FORCE_CPU_ISA", "default"),
+    report = {"threads": 1, "runs": runs, "ctranslate2_isa": isa_in_use(),
               "clip_seconds": {k: round(v, 2) for k, v in seconds.items()},
               "reference_words": {clip: len(normalise(ref).split()) for clip, (ref, _) in clips.items()},
               "engines": {}}

@@ -37,10 +37,10 @@ def snapshot_extra(device: str, folder: Path | None = None) -> dict:
 
     engine = weights_engine(folder) if folder is not None else "torch"
     if engine == "ctranslate2":
-        from cogkit.ct2_cpu import import_ctranslate2, prefer_measured_isa
+        from cogkit.ct2_cpu import import_ctranslate2, isa_in_use
 
         return {"engine": engine, "ctranslate2": import_ctranslate2().__version__,
-                "ctranslate2_isa": prefer_measured_isa() or "default"}
+                "ctranslate2_isa": isa_in_use()}
     return {"compile": compile_enabled(device)}
 
 
