@@ -14,9 +14,11 @@ different users' requests do, and the server's prefix cache cannot skip a whole 
 already seen (CTranslate2 recomputes every prompt). `--repeat-prompts` sends the same 8 prompts over
 and over instead, the case of clients retrying or repeating a request.
 
-`--rounds N` runs each level N times, each round cogkit then the peers on that round's prompts, and
-reports the median of the rounds and each round's ratio: on a shared machine whose speed moves by a
-third within minutes, one pair of runs per level decides a ratio near 1 by chance.
+`--rounds N` runs every level N times, round by round (round 1 at each level, then round 2...), each
+run cogkit then the peers on that run's prompts, and reports the median of the rounds and each round's
+ratios: cogkit to each peer, and each level's aggregate to the first level's (8 streams over 1) in the
+same round. On a shared machine whose speed moves by a third within minutes, one pair of runs decides
+a ratio near 1 by chance, and levels measured one after the other compare different machines.
 """
 
 import json
@@ -237,23 +239,35 @@ def cmd_bench_serve(args) -> int:
         server.start().wait_ready()
         one_request(server, "Hello.", 4)  # warm
         sent = 0
-        for c in levels:
-            rounds, peer_rounds = [], {}
-            for r in range(args.rounds):
+        rounds = {c: [] for c in levels}
+        peer_rounds = {c: {} for c in levels}
+        # Round by round, every level in turn: a level's ratio to another (8 streams against 1) then
+        # compares runs minutes apart, not the start of the benchmark with its end.
+        for r in range(args.rounds):
+            for c in levels:
                 prompts = bench_prompts(sent, max(args.requests, c), args.repeat_prompts)
                 sent += len(prompts)
                 level = serve_level(server, c, prompts, args.max_new_tokens)
-                rounds.append(level)
+                rounds[c].append(level)
                 tag = f" (round {r + 1}/{args.rounds})" if args.rounds > 1 else ""
                 print(f"cogkit c={c}: {level['aggregate_tokens_per_second']} tok/s aggregate, TTFT p50 "
                       f"{level['ttft_p50']}s p95 {level['ttft_p95']}s, per stream "
                       f"{level['per_stream_tokens_per_second']} tok/s{tag}", flush=True)
                 for name, peer in run_peers(args, report, folder, peer_folder, gguf, prompts, c, level):
-                    peer_rounds.setdefault(name, []).append(peer)
-            merged = merge_rounds(rounds)
+                    peer_rounds[c].setdefault(name, []).append(peer)
+        base = [lv["aggregate_tokens_per_second"] for lv in rounds[levels[0]]]
+        for c in levels:
+            merged = merge_rounds(rounds[c])
+            aggregates = merged["round_aggregates"]
+            # this level's aggregate over the first level's (e.g. 8 streams over 1) within each round
+            merged["over_first_level_per_round"] = [round(a / b, 3) for a, b in zip(aggregates, base, strict=True)]
+            merged["over_first_level_median"] = round(statistics.median(merged["over_first_level_per_round"]), 3)
             report["levels"].append(merged)
-            for name, runs in peer_rounds.items():
-                peer = merge_peer_rounds(runs, [lv["aggregate_tokens_per_second"] for lv in rounds])
+            if c != levels[0]:
+                print(f"c={c} over c={levels[0]}, round by round: {merged['over_first_level_per_round']}, "
+                      f"median {merged['over_first_level_median']}", flush=True)
+            for name, runs in peer_rounds[c].items():
+                peer = merge_peer_rounds(runs, aggregates)
                 report["peers"].setdefault(name, []).append(peer)
                 if args.rounds > 1:
                     print(f"c={c} over {args.rounds} rounds: cogkit median {merged['aggregate_tokens_per_second']}, "

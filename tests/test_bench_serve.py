@@ -26,6 +26,15 @@ def test_bench_serve_reports_every_level(endless_weights_root, tmp_path):
         assert all(a > 0 for a in level["round_aggregates"])
         assert 0 < level["ttft_p50"] <= level["ttft_p95"]
         assert level["per_stream_tokens_per_second"] > 0
+    first, second = report["levels"]
+    assert first["over_first_level_per_round"] == [1.0, 1.0]
+    # each round's 4-stream aggregate over the same round's 1-stream one
+    assert second["over_first_level_per_round"] == [
+        round(a / b, 3) for a, b in zip(second["round_aggregates"], first["round_aggregates"])]
+    # rounds go level by level in turn: round 2 at c=1 comes after round 1 at c=4
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("cogkit c=")]
+    assert [ln.split(":")[0] + ln[ln.index("(round"):] for ln in lines] == [
+        "cogkit c=1(round 1/2)", "cogkit c=4(round 1/2)", "cogkit c=1(round 2/2)", "cogkit c=4(round 2/2)"]
     assert report["memory_read_gbps"] > 0 and report["batch1_ceiling_tokens_per_second"] > 0
     assert "cogkit c=4:" in res.stdout and "(round 2/2)" in res.stdout
     assert report["prompts"] == "distinct"
