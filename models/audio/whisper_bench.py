@@ -77,9 +77,9 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
 
 def engines(settings: list[tuple[str, int]], scratch: Path) -> dict:
     """name -> transcribe(samples) -> text, for today and each setting of cogkit and faster-whisper."""
-    from cogkit.ct2_cpu import isa_in_use
+    from cogkit.ct2_cpu import prefer_measured_isa
 
-    isa_in_use()  # chosen before faster-whisper imports CTranslate2: the peer runs cogkit's ISA
+    prefer_measured_isa()  # before faster-whisper imports CTranslate2: the peer runs cogkit's ISA
     import torch
     from faster_whisper import WhisperModel
 
