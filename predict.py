@@ -463,11 +463,12 @@ class WhisperRunner(BaseRunner):
         timer = SetupTimer()
         from models.audio.whisper import compute_type as whisper_compute_type, snapshot_extra
         from models.audio.whisper_runtime import ModelLoad, Transcriber, import_faster_whisper, runtime_device
+        from models.audio.whisper_tokenizer import TOKENIZER_RECORD_FILE, SnapshotTokenizer, write_tokenizer_record
 
         folder, dev = self.weights(), runtime_device()
         compute_type = whisper_compute_type(folder, dev)
         # CTranslate2 reads the weights on a thread from here on, while this one imports faster-whisper
-        # and parses the tokenizer: "imports" and "load" overlap.
+        # and parses the tokenizer (unless the snapshot holds its records): "imports" and "load" overlap.
         loading = ModelLoad(folder, dev, compute_type)
         import_faster_whisper()
 
@@ -479,10 +480,18 @@ class WhisperRunner(BaseRunner):
             manifest = read_manifest(folder)
             print(f"setup: weights {folder} ({manifest['dtype']}, from {manifest['source']}); "
                   f"running {compute_type} on {dev}", flush=True)
-        self.transcriber = Transcriber(folder, dev, compute_type, loading=loading)
-        timer.done("load")
         # The snapshot's key covers these weights, engine versions, compute type and CPU.
         boot = BootSnapshot(folder, dev, lambda: snapshot_extra(dev, folder))
+        tokenizer = None
+        if boot.restored is not None:
+            # its records of the tokenizer spare parsing tokenizer.json (~0.1 s holding the GIL)
+            tokenizer = SnapshotTokenizer.from_snapshot(boot.restored, folder / "tokenizer.json")
+            if tokenizer is not None:
+                print("setup: tokenizer from the snapshot's records (tokenizer.json not parsed)", flush=True)
+            elif not (boot.restored / TOKENIZER_RECORD_FILE).is_file():
+                boot.discard("the snapshot holds no tokenizer records; recording a new one")
+        self.transcriber = Transcriber(folder, dev, compute_type, loading=loading, tokenizer=tokenizer)
+        timer.done("load")
         if boot.restored is not None:
             # CTranslate2 has nothing to warm (its first call costs what later ones do), so the warm-up
             # only checks the model; the snapshot records that this key already passed that check.
@@ -491,7 +500,15 @@ class WhisperRunner(BaseRunner):
         else:
             warm = self.warmup()
             timer.done("warmup")
-            boot.record(lambda into: write_warmup(into, text=warm, phases=timer.phases), timer)
+            model = self.transcriber.model
+
+            def fill(into: Path) -> None:
+                write_warmup(into, text=warm, phases=timer.phases)
+                if not write_tokenizer_record(model.hf_tokenizer, self.transcriber.multilingual, into):
+                    print("snapshot: decoding from the tokenizer records differed from tokenizers'; "
+                          "later boots parse tokenizer.json", flush=True)
+
+            boot.record(fill, timer)
         self.setup_phases = timer.phases
 
     def weights(self) -> Path:

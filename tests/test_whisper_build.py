@@ -149,18 +149,31 @@ def test_boot_imports_neither_torch_nor_transformers(real_whisper_weights):
 
 def test_a_second_boot_skips_the_warm_up_on_the_snapshot(hf_built):
     """The first boot (above, or here) checks the model with a warm-up transcription and records the
-    snapshot; the next boot with the same key restores it and skips the warm-up."""
+    snapshot; the next boot with the same key restores it, skips the warm-up and answers from the
+    snapshot's tokenizer records instead of parsing tokenizer.json, with the same outputs (this model
+    is multilingual: language tokens, translation, word timestamps)."""
     from cogkit.snapshot import Snapshot
+    from models.audio.clips import FOX_CLIP
     from models.audio.whisper import snapshot_extra
 
+    clip = data_uri(FOX_CLIP.read_bytes())
+    asks = [{"audio": clip}, {"audio": clip, "language": "German", "task": "translate", "timestamps": "word"},
+            {"audio": clip, "language": "fr", "timestamps": "none"}]
     with serving("predict.py:WhisperRunner", hf_built, setup_timeout=180):
-        pass
+        pass  # records the snapshot, unless a test above did
     snap = Snapshot(hf_built / "whisper", "cpu", snapshot_extra("cpu"), log=lambda m: None)
     assert snap.problems() == []
-    with serving("predict.py:WhisperRunner", hf_built, setup_timeout=180) as server:
-        lines = server.setup_log_lines()
+    outputs = []
+    for snapshot in ("0", "1"):  # tokenizer.json parsed, then the snapshot's records
+        with serving("predict.py:WhisperRunner", hf_built, setup_timeout=180, COGKIT_SNAPSHOT=snapshot) as server:
+            lines = server.setup_log_lines()
+            done = [server.predict(ask) for ask in asks]
+        assert all(d["status"] == "succeeded" for d in done), [d.get("error") for d in done]
+        outputs.append([d["output"] for d in done])
     assert any("skipping the warm-up" in line for line in lines), lines
     assert not any(line.startswith("setup: warmup took") for line in lines), lines
+    assert any("tokenizer from the snapshot's records" in line for line in lines), lines
+    assert outputs[0] == outputs[1]
 
 
 def test_the_whisper_image_installs_no_torch():

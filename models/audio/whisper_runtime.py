@@ -106,11 +106,13 @@ class ModelLoad:
                                compute_type=compute_type, intra_threads=threads)
         pool.shutdown(wait=False)  # the thread ends after this one load
 
-    def model(self):
-        """faster-whisper's WhisperModel: parses tokenizer.json here, then waits for CTranslate2."""
-        import tokenizers
+    def model(self, tokenizer=None):
+        """faster-whisper's WhisperModel: parses tokenizer.json here (unless given a `tokenizer`, such
+        as a snapshot's: models/audio/whisper_tokenizer.py), then waits for CTranslate2."""
+        if tokenizer is None:
+            import tokenizers
 
-        tokenizer = tokenizers.Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+            tokenizer = tokenizers.Tokenizer.from_file(str(self.folder / "tokenizer.json"))
         return preloaded_whisper_model(self.ct2.result(), tokenizer, self.folder)
 
 
@@ -144,12 +146,13 @@ def preloaded_whisper_model(model, tokenizer, folder: Path):
 
 class Transcriber:
     def __init__(self, folder: Path, device: str, compute_type: str, threads: int | None = None,
-                 loading: ModelLoad | None = None):
+                 loading: ModelLoad | None = None, tokenizer=None):
         """`loading`: a ModelLoad of this folder already under way (setup starts it before importing
-        faster-whisper); without one, the load starts here."""
+        faster-whisper); without one, the load starts here. `tokenizer`: one to use instead of parsing
+        the folder's tokenizer.json (a snapshot's SnapshotTokenizer)."""
         loading = loading or ModelLoad(folder, device, compute_type, threads)
         faster_whisper = import_faster_whisper()
-        self.model = loading.model()
+        self.model = loading.model(tokenizer)
         self.batched = faster_whisper.BatchedInferencePipeline(self.model)
         self.multilingual = bool(self.model.model.is_multilingual)
 
