@@ -114,7 +114,7 @@ def write_tokenizer_record(real, multilingual: bool, into: Path, checks: int = 2
         (into / TOKENIZER_RECORD_FILE).write_text(json.dumps({"declined": "decoding differed from tokenizers'"}))
         return False
     (into / TOKEN_BYTES_FILE).write_bytes(blob)
-    (into / TOKENIZER_RECORD_FILE).write_text(json.dumps(record, ensure_ascii=False))
+    (into / TOKENIZER_RECORD_FILE).write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
     return True
 
 
@@ -139,7 +139,7 @@ class SnapshotTokenizer:
         """The restored snapshot's tokenizer records; None when it has none (a snapshot from before
         them: no TOKENIZER_RECORD_FILE) or they were declined (write_tokenizer_record)."""
         try:
-            record = json.loads((restored / TOKENIZER_RECORD_FILE).read_text())
+            record = json.loads((restored / TOKENIZER_RECORD_FILE).read_text(encoding="utf-8"))
             return cls(record, (restored / TOKEN_BYTES_FILE).read_bytes(), source)
         except (OSError, ValueError, KeyError, TypeError):
             return None
