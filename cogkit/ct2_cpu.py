@@ -16,6 +16,7 @@ The ISA is fixed the first time CTranslate2 asks for it, for the whole process: 
 in the same process (faster-whisper) or a subprocess given this environment runs with the same one.
 """
 
+import functools
 import os
 
 ISA_VARIABLE = "CT2_FORCE_CPU_ISA"
@@ -48,10 +49,16 @@ def cpu_vendor_and_flags(path: str = "/proc/cpuinfo") -> tuple[str | None, set[s
     return vendor, flags or set()
 
 
+@functools.cache
+def this_cpu_isa() -> str | None:
+    """`isa_for` this machine's CPU, read once per process (setup and snapshot keys ask again)."""
+    return isa_for(*cpu_vendor_and_flags())
+
+
 def prefer_measured_isa(environ=os.environ) -> str | None:
     """Set CT2_FORCE_CPU_ISA where `isa_for` says, unless it is set; returns what it holds now."""
     if ISA_VARIABLE not in environ:
-        isa = isa_for(*cpu_vendor_and_flags())
+        isa = this_cpu_isa()
         if isa is not None:
             environ[ISA_VARIABLE] = isa
     return environ.get(ISA_VARIABLE)

@@ -260,14 +260,19 @@ class Batch:
     @classmethod
     def make(cls, first_slot: int, positions: torch.Tensor, kv_len: int | None = None,
              window: int | None = None, dtype: torch.dtype = torch.float32) -> "Batch":
-        # A caller that knows the lengths passes kv_len (no device sync); it may round it up.
-        kv_len = int(positions.max()) + 1 if kv_len is None else kv_len
+        kv_len = keys_to_attend(positions, kv_len)
         keys = torch.arange(kv_len, device=positions.device)[None, None, :]
         sees = (keys <= positions[:, :, None])[:, None]
         mask = additive_mask(sees, dtype)
         window_mask = additive_mask(sees & (keys > positions[:, :, None] - window)[:, None], dtype) if window else mask
         slots = torch.arange(first_slot, first_slot + positions.shape[0], device=positions.device)[:, None]
         return cls(first_slot, positions, slots, kv_len, mask, window_mask)
+
+
+def keys_to_attend(positions: torch.Tensor, kv_len: int | None) -> int:
+    """How many cache positions a call attends: `kv_len` when the caller knows it (no device sync;
+    it may round it up), else up to the last position written."""
+    return int(positions.max()) + 1 if kv_len is None else kv_len
 
 
 def additive_mask(sees: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -447,8 +452,8 @@ class Llama(nn.Module):
         `last`: the index of each row's last token, for rows padded at the end (prompts of different
         lengths prefilled together)."""
         if self.rows_independent and input_ids.shape[1] == 1:
-            kv_len = int(positions.max()) + 1 if kv_len is None else kv_len
-            kv_len = min(self.cache_len, ROW_KEYS_MULTIPLE * math.ceil(kv_len / ROW_KEYS_MULTIPLE))
+            rounded = ROW_KEYS_MULTIPLE * math.ceil(keys_to_attend(positions, kv_len) / ROW_KEYS_MULTIPLE)
+            kv_len = min(self.cache_len, rounded)
         batch = Batch.make(first_slot, positions, kv_len, self.cfg.sliding_window, self.dtype)
         if self.rows_independent:
             batch.row_kv_lens = row_kv_lens
