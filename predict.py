@@ -506,8 +506,8 @@ class WhisperRunner(BaseRunner):
             def fill(into: Path) -> None:
                 write_warmup(into, text=warm, phases=timer.phases)
                 if not write_tokenizer_record(model.hf_tokenizer, self.transcriber.multilingual, into):
-                    print("snapshot: decoding from the tokenizer records differed from tokenizers'; "
-                          "later boots parse tokenizer.json", flush=True)
+                    print("snapshot: no tokenizer records (see its tokenizer-record.json); later boots "
+                          "parse tokenizer.json", flush=True)
 
             boot.record(fill, timer)
         self.setup_phases = timer.phases

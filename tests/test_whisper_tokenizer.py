@@ -72,3 +72,17 @@ def test_records_that_decode_differently_are_declined_and_read_as_none(real_and_
     assert "declined" in (tmp_path / TOKENIZER_RECORD_FILE).read_text()
     assert SnapshotTokenizer.from_snapshot(tmp_path, source) is None
     assert SnapshotTokenizer.from_snapshot(tmp_path / "absent", source) is None
+
+
+def test_recording_that_fails_is_declined_and_the_rest_goes_on(real_and_records, tmp_path, monkeypatch):
+    import models.audio.whisper_tokenizer as whisper_tokenizer
+
+    real, _, source = real_and_records
+
+    def broken(tokenizer, multilingual):
+        raise AttributeError("'Tokenizer' object has no attribute 'sot_lm'")
+
+    monkeypatch.setattr(whisper_tokenizer, "ask_what_transcriptions_ask", broken)
+    assert not write_tokenizer_record(real, multilingual=False, into=tmp_path)
+    assert "recording failed: AttributeError" in (tmp_path / TOKENIZER_RECORD_FILE).read_text()
+    assert SnapshotTokenizer.from_snapshot(tmp_path, source) is None

@@ -87,9 +87,21 @@ def ask_what_transcriptions_ask(tokenizer, multilingual: bool) -> None:
 
 def write_tokenizer_record(real, multilingual: bool, into: Path, checks: int = 2000, seed: int = 0) -> bool:
     """Record what SnapshotTokenizer needs, from the real tokenizer, into a snapshot folder. First,
-    decode every id alone and `checks` random runs of ids both ways: if any run decodes differently,
-    the record says only that (boots from this snapshot then parse tokenizer.json, as before).
-    Returns whether the records were written."""
+    decode every id alone and `checks` random runs of ids both ways. If any run decodes differently,
+    or recording fails (say, a faster-whisper whose Tokenizer asks other things), the record says only
+    that, and boots from this snapshot parse tokenizer.json as before. The rest of the snapshot is
+    kept. Returns whether the records were written."""
+    try:
+        reason = recorded(real, multilingual, into, checks, seed)
+    except Exception as e:  # noqa: BLE001 - declined, and the boot goes on
+        reason = f"recording failed: {type(e).__name__}: {e}"
+    if reason is not None:
+        (into / TOKENIZER_RECORD_FILE).write_text(json.dumps({"declined": reason}), encoding="utf-8")
+    return reason is None
+
+
+def recorded(real, multilingual: bool, into: Path, checks: int, seed: int) -> str | None:
+    """write_tokenizer_record's work: None once the records are written, else why they were not."""
     alphabet = byte_level_alphabet()
     count = real.get_vocab_size(with_added_tokens=True)
     pieces = [token_bytes(real.id_to_token(i) or "", alphabet) for i in range(count)]
@@ -111,11 +123,10 @@ def write_tokenizer_record(real, multilingual: bool, into: Path, checks: int = 2
     runs = [[i] for i in range(count)] + [
         [rng.randrange(512 if k % 2 else count + 8) for _ in range(rng.randint(1, 12))] for k in range(checks)]
     if any(ours.decode(ids) != real.decode(ids) for ids in runs):
-        (into / TOKENIZER_RECORD_FILE).write_text(json.dumps({"declined": "decoding differed from tokenizers'"}))
-        return False
+        return "decoding differed from tokenizers'"
     (into / TOKEN_BYTES_FILE).write_bytes(blob)
     (into / TOKENIZER_RECORD_FILE).write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
-    return True
+    return None
 
 
 class SnapshotTokenizer:
