@@ -69,9 +69,6 @@ class RecordingTokenizer:
             self.encodings[text] = list(encoding.ids)
         return encoding
 
-    def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        return self.real.decode(ids, skip_special_tokens=skip_special_tokens)
-
 
 def ask_what_transcriptions_ask(tokenizer, multilingual: bool) -> None:
     """Every lookup and encoding faster-whisper's Tokenizer makes, for each task and language."""
