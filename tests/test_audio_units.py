@@ -179,6 +179,36 @@ def test_parallel_load_builds_the_model_faster_whispers_constructor_builds(real_
     assert heard[0] == heard[1] and "".join(w for w, _, _ in heard[0]).strip() == FOX_TEXT
 
 
+def test_blockwise_features_are_faster_whispers_bit_for_bit():
+    """The predictor's feature extractor works a block of frames at a time (models/audio/whisper_features.py):
+    the same log-Mel array as faster-whisper's whole-clip one, bit for bit, for clips shorter than a
+    block, exactly one block, several blocks with a partial last one, silence ending in speech (the
+    floor is taken from the whole clip's maximum), another window length, and float64 input."""
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    from models.audio.whisper_features import BLOCK_FRAMES, BlockwiseFeatureExtractor
+
+    rng = np.random.default_rng(7)
+    speech = read_audio(ROOT / "models/audio/assets/sense_and_sensibility_librivox.ogg").samples
+    one_block = (BLOCK_FRAMES - 1) * 160  # the extractor pads 160 samples and drops the last frame
+    clips = {
+        "short": speech[:3000],
+        "one block": speech[:one_block],
+        "several blocks": np.concatenate([speech] * 3)[: 2 * one_block + 12345],
+        "silence then speech": np.concatenate([np.zeros(5 * 16000, np.float32), speech[:16000]]),
+        "noise, float64": rng.normal(0, 0.1, 7 * 16000),
+    }
+    for name, samples in clips.items():
+        for chunk_length in (None, 30, 20):
+            stock, ours = FeatureExtractor(), BlockwiseFeatureExtractor()
+            expected, got = stock(samples, chunk_length=chunk_length), ours(samples, chunk_length=chunk_length)
+            assert got.dtype == expected.dtype and got.shape == expected.shape, name
+            assert np.array_equal(got, expected), (name, float(np.abs(got - expected).max()))
+            assert vars(ours).keys() == vars(stock).keys()
+            assert (ours.n_samples, ours.nb_max_frames) == (stock.n_samples, stock.nb_max_frames)
+    assert clips["several blocks"].size // 160 > 2 * BLOCK_FRAMES
+
+
 def test_faster_whisper_imports_pyav_only_when_decode_audio_uses_it(real_whisper_weights):
     """The predictor imports faster-whisper with a stand-in for PyAV, which faster-whisper imports only
     for decode_audio() (cogkit decodes with libsndfile): loading the model and transcribing, with the

@@ -127,14 +127,16 @@ def preloaded_whisper_model(model, tokenizer, folder: Path):
     faster-whisper's constructor sets (pinned faster-whisper; tests/test_audio_units.py compares every
     attribute with a WhisperModel built the usual way, so an upgrade that changes them fails there)."""
     from faster_whisper import WhisperModel
-    from faster_whisper.feature_extractor import FeatureExtractor
     from faster_whisper.utils import get_logger
+
+    from models.audio.whisper_features import BlockwiseFeatureExtractor
 
     whisper = WhisperModel.__new__(WhisperModel)
     whisper.logger = get_logger()
     whisper.model, whisper.hf_tokenizer = model, tokenizer
     whisper.feat_kwargs = whisper._get_feature_kwargs(str(folder))
-    whisper.feature_extractor = FeatureExtractor(**whisper.feat_kwargs)
+    # The same features as faster-whisper's extractor, made a block at a time (whisper_features.py).
+    whisper.feature_extractor = BlockwiseFeatureExtractor(**whisper.feat_kwargs)
     whisper.input_stride = 2
     whisper.num_samples_per_token = whisper.feature_extractor.hop_length * whisper.input_stride
     whisper.frames_per_second = whisper.feature_extractor.sampling_rate // whisper.feature_extractor.hop_length
