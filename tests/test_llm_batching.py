@@ -60,8 +60,8 @@ def test_greedy_and_seeded_text_is_the_same_batched_as_alone(endless):
     alone = generate_alone(endless, PROMPTS, samplings)
     gen = TextGenerator(endless, max_batch=8)
     switches = []  # the engine tells the model when it runs several sequences (packed weights on CPU)
-    set_batching = gen.model.set_batching
-    gen.model.set_batching = lambda on: (switches.append(on), set_batching(on))
+    use_packed_weights = gen.model.use_packed_weights
+    gen.model.use_packed_weights = lambda on: (switches.append(on), use_packed_weights(on))
     together = generate_together(gen, PROMPTS, samplings)
     assert max(gen.engine.batch_sizes) >= 4  # they really ran in one batch
     assert max(gen.engine.prefill_sizes) >= 2  # and prompts that waited together were prefilled together
@@ -70,6 +70,29 @@ def test_greedy_and_seeded_text_is_the_same_batched_as_alone(endless):
         assert bids == ids
         assert btext == text
         assert stats.stop_reason == "length"
+
+
+def test_a_lone_sequence_prefills_on_the_packed_weights_and_decodes_on_the_column_major_ones(endless):
+    """On CPU every forward of several rows reads the packed copies (faster from 2 tokens up, see
+    `cpu_layouts`), a prompt alone included; a lone sequence's decode steps read the column-major
+    copy. Each forward's rows and the layout it read, for one request alone on an engine that
+    batches, then two at once; the text is the same as on a model that never batches."""
+    gen = TextGenerator(endless, max_batch=4)
+    calls = []  # (rows, tokens per row, packed copies in use) of each forward
+    forward = gen.model.forward
+    gen.model.forward = lambda ids, *a, **k: (calls.append((*ids.shape, gen.model.packed_in_use)),
+                                              forward(ids, *a, **k))[1]
+    samplings = [Sampling(max_new_tokens=6, temperature=0)] * 2
+    alone = generate_alone(endless, PROMPTS[1:3], samplings)
+    assert generate_one_by_one(gen, PROMPTS[1:2], samplings[:1]) == alone[:1]
+    prompt_len = len(gen.encode(gen.format_prompt(PROMPTS[1], None)))
+    assert calls[0] == (1, prompt_len, True) and prompt_len > 1
+    assert calls[1:] == [(1, 1, False)] * 5
+    calls.clear()
+    together = generate_together(gen, PROMPTS[1:3], samplings)
+    assert [(text, ids) for text, ids, _ in together] == alone
+    assert all(packed for rows, tokens, packed in calls if rows * tokens > 1)
+    assert any(rows == 2 for rows, _, _ in calls)
 
 
 def test_a_compiled_model_serves_batches(endless):

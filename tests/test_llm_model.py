@@ -51,12 +51,12 @@ def test_batching_switches_the_projections_to_their_packed_copies(tiny_weights_r
     layer = model.model.layers[0].mlp.gate_up_proj
     step = torch.randn(5, 1, layer.in_features)  # 5 sequences x 1 token
     plain = torch.nn.functional.linear(step, layer.weight, layer.bias)
-    model.set_batching(True)
+    model.use_packed_weights(True)
     torch.testing.assert_close(layer(step), plain, atol=1e-5, rtol=1e-5)
     # Which copy a call reads: a packed copy of zeros shows up only while batching.
     layer.packed = torch.ops.mkldnn._reorder_linear_weight(torch.zeros_like(layer.weight), 16)
     assert not layer(step).any()
-    model.set_batching(False)
+    model.use_packed_weights(False)
     assert torch.equal(layer(step), plain)
 
 
@@ -67,7 +67,7 @@ def test_no_packed_copy_where_memory_is_short(tiny_weights_root, monkeypatch, ca
     model = load_llama(tiny_weights_root / "llm", batched=True)
     assert all(m.packed is None for m in model.modules() if isinstance(m, torch.nn.Linear))
     assert "batches run on the column-major weights: packing them would take" in capsys.readouterr().out
-    model.set_batching(True)  # and batching still runs, on the column-major copy
+    model.use_packed_weights(True)  # and batching still runs, on the column-major copy
     model.setup_cache(16, slots=2)
     assert model(torch.tensor([[1], [2]]), torch.tensor([[0], [0]])).shape[0] == 2
 

@@ -53,7 +53,7 @@ class BatchEngine:
         self.steps = 0  # decode steps run, and the batch sizes they had (for tests and metrics)
         self.batch_sizes: list[int] = []
         self.prefill_sizes: list[int] = []  # sequences per prefill forward
-        self.batching = False  # several sequences running (the model may lay weights out for it)
+        self.packed = False  # the model reads its packed weight copies (calls of several rows)
         self.stopping = False
         # Not for int8 models: a prompt prefilled in two pieces rounds differently from one piece, and
         # their rows must come out bit for bit as they do alone.
@@ -101,22 +101,33 @@ class BatchEngine:
     def step(self) -> None:
         self._drop_finished()
         self._admit()
-        batching = len(self.running) > 1
-        if batching != self.batching:
-            self.model.set_batching(batching)
-            self.batching = batching
         first = len(self.running)  # the sequences being prefilled sit after the decoding ones
         while first > 0 and self.running[first - 1].last_token < 0:
             first -= 1
         if first < len(self.running):
-            self._prefill_chunk(self.running[first:], first_slot=first)
+            prefilling = self.running[first:]
+            self._use_packed(len(prefilling) > 1 or self._chunk_len(prefilling[0]) > 1)
+            self._prefill_chunk(prefilling, first_slot=first)
             self._drop_finished()  # one that ended on its first token frees its slot before the decode
         # The generating sequences are a prefix of `running` (slots 0..B-1); a prefill that just
         # produced its first token joins them in this very step.
         decoding = [s for s in self.running if s.last_token >= 0 and not s.finished]
         assert decoding == self.running[: len(decoding)]
         if decoding:
+            self._use_packed(len(decoding) > 1)
             self._decode(decoding)
+
+    def _use_packed(self, on: bool) -> None:
+        """Whether the next forward reads the packed weight copies (on CPU, where `cpu_layouts` made
+        them): faster for any call of several rows, a batch's decode step or a prompt's chunk; a lone
+        sequence's decode step reads the column-major copy."""
+        if on != self.packed:
+            self.model.use_packed_weights(on)
+            self.packed = on
+
+    @staticmethod
+    def _chunk_len(seq: Sequence) -> int:
+        return min(PREFILL_CHUNK, len(seq.request.prompt_ids) - seq.prefilled)
 
     def _drop_finished(self) -> None:
         with self.wake:
@@ -187,7 +198,7 @@ class BatchEngine:
         """The next chunk of each prompt, in one forward. Shorter chunks are padded at the end with
         their last token: the padding's keys lie past the prompt, where no real query looks, and the
         sequence's own tokens overwrite them before it attends that far."""
-        chunks = [seq.request.prompt_ids[seq.prefilled: seq.prefilled + PREFILL_CHUNK] for seq in seqs]
+        chunks = [seq.request.prompt_ids[seq.prefilled: seq.prefilled + self._chunk_len(seq)] for seq in seqs]
         width = max(len(chunk) for chunk in chunks)
         ids = torch.tensor([chunk + chunk[-1:] * (width - len(chunk)) for chunk in chunks], device=self.device)
         # A row that starts later (a reused prefix) may pad past the cache's end: its padding then

@@ -112,7 +112,7 @@ def split_projections(state: dict, cfg: LlamaConfig) -> dict:
 
 class Linear(nn.Linear):
     # oneDNN's blocked copy of `weight` (see `cpu_layouts`), read instead of `weight` while
-    # `use_packed` is set (`Llama.set_batching`).
+    # `use_packed` is set (`Llama.use_packed_weights`).
     packed: torch.Tensor | None = None
     use_packed: bool = False
 
@@ -386,7 +386,7 @@ class Llama(nn.Module):
         # True when every projection is an Int8Linear: a row's logits then depend on nothing else in
         # its batch (given per-row attention lengths), so greedy text batched equals batch-1 text.
         self.rows_independent = False
-        self.packed_in_use = False  # set_batching switched the projections to their packed copies
+        self.packed_in_use = False  # use_packed_weights switched the projections to their packed copies
 
     @property
     def dtype(self) -> torch.dtype:
@@ -417,9 +417,10 @@ class Llama(nn.Module):
         if self.rope is None:
             self.rope = rope_table(self.cfg, self.dtype, self.device)
 
-    def set_batching(self, on: bool) -> None:
-        """Whether the next calls run several sequences: the float32 projections then read their
-        packed copies, where `cpu_layouts` made them."""
+    def use_packed_weights(self, on: bool) -> None:
+        """Whether the next calls read the float32 projections' packed copies, where `cpu_layouts`
+        made them: the engine sets it for every call of several rows (a batch's decode step, a
+        prompt) and clears it for a lone sequence's decode step."""
         self.packed_in_use = False
         for module in self.modules():
             if isinstance(module, Linear) and module.packed is not None:
@@ -516,13 +517,14 @@ PACK_ROWS = 16
 
 def cpu_layouts(model: Llama, batched: bool) -> None:
     """Lay each float32 projection weight out for the CPU's GEMMs: column-major, and, for an engine
-    that batches, also in oneDNN's blocked layout (`Linear.packed`), used while it runs several
-    sequences. MKL's GEMM on a plain layout re-packs the weight on every call, and for a few rows that
-    costs as much as the product itself. Measured on SmolLM2-135M's shapes, one thread, tokens/s of all projections:
-    8 rows 71 -> 106, 16 rows 121 -> 180, while one row runs faster column-major (23 vs 19 packed).
-    A lone sequence keeps to the column-major copy for its prefill too: a prefill on the packed copy
-    must fetch it from memory while the column-major one sits in the CPU's cache from the last
-    decode steps (in-process, 8 prompts one after the other: time to first token 149 vs 171 ms).
+    that batches, also in oneDNN's blocked layout (`Linear.packed`), used for every call of several
+    rows (`Llama.use_packed_weights`). MKL's GEMM on a plain layout re-packs the weight on every call,
+    and for a few rows that costs as much as the product itself. Measured on SmolLM2-135M's shapes,
+    one thread, tokens/s of all projections: 8 rows 71 -> 106, 16 rows 121 -> 180, while one row runs
+    faster column-major (23 vs 19 packed). A lone sequence's prompt is several rows too: prefilled on
+    the packed copy, between decode steps as in serving, 4 tokens took 49 ms against 88 ms
+    column-major, 14 tokens (a chat prompt after the prefix cache) 85 against 135 ms, 40 tokens 160
+    against 191 ms (medians of 8 alternating pairs, stop 31; two tokens: 63 against 68 ms).
     The price is a second copy of the projection weights in memory, so it is skipped (and said) when
     that copy would take more than half the memory available. Both copies are read from the
     memory-mapped checkpoint, so they are made side by side: the packing on a second thread (torch

@@ -228,8 +228,8 @@ class TextGenerator:
     def compile_decode(self) -> None:
         """Compile the model's forward (on GPU by default, on CPU with COGKIT_COMPILE=1): shapes vary
         with the batch and the filled cache length, so it is compiled with dynamic shapes once rather
-        than once per shape. Calls on oneDNN's packed CPU weights (several sequences, see
-        `Llama.set_batching`) stay eager: Inductor has no lowering for that op (the first batch
+        than once per shape. Calls on oneDNN's packed CPU weights (several rows, see
+        `Llama.use_packed_weights`) stay eager: Inductor has no lowering for that op (the first batch
         failed with a LoweringException), and the packed weights are what makes CPU batches fast."""
         import torch
 
