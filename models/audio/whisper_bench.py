@@ -127,8 +127,12 @@ class EngineProcess:
         self.process = context.Process(target=serve_engine, args=(child, kind, str(folder), compute_type, clips),
                                        daemon=True)
         self.process.start()
-        if self.conn.recv() != "ready":
-            raise RuntimeError(f"the {kind} engine did not start")
+        try:
+            ready = self.conn.recv()
+        except EOFError:  # the process ended; its traceback is on stderr
+            ready = None
+        if ready != "ready":
+            raise RuntimeError(f"the {kind} engine's process ended before it was ready (see its error above)")
 
     def transcribe(self, clip: str, beam: int) -> tuple[float, str]:
         self.conn.send((clip, beam))
@@ -139,9 +143,9 @@ class EngineProcess:
         self.process.join(timeout=30)
 
 
-def engines(settings: list[tuple[str, int]], scratch: Path, clips: dict) -> dict:
-    """name -> transcribe(clip) -> (seconds, text), for today and each setting of cogkit and faster-whisper,
-    each engine in a process of its own (one per compute type, serving every beam)."""
+def engines(settings: list[tuple[str, int]], scratch: Path, clips: dict) -> tuple[dict, list[EngineProcess]]:
+    """({name: transcribe(clip) -> (seconds, text)}, the processes), for today and each setting of cogkit
+    and faster-whisper, each engine in a process of its own (one per compute type, serving every beam)."""
     from cogkit.sources import resolve
     from cogkit.weights import read_manifest, weights_dir
     from models import get_model
@@ -169,23 +173,19 @@ def engines(settings: list[tuple[str, int]], scratch: Path, clips: dict) -> dict
             if c == compute_type:
                 found[f"cogkit {c} b{beam}"] = lambda clip, ours=ours, beam=beam: ours.transcribe(clip, beam)
                 found[f"faster-whisper {c} b{beam}"] = lambda clip, peer=peer, beam=beam: peer.transcribe(clip, beam)
-    found["_processes"] = processes
-    return found
+    return found, processes
 
 
 def bench(runs: int = 3, settings: str = DEFAULT_SETTINGS, log=print) -> dict:
-    from cogkit.ct2_cpu import prefer_measured_isa
+    from cogkit.ct2_cpu import isa_in_use, prefer_measured_isa
 
-    prefer_measured_isa()
-    from cogkit.ct2_cpu import isa_in_use
-
+    prefer_measured_isa()  # the ISA the engines' processes choose too, for the report
     clips = speech_clips()
     seconds = {name: len(samples) / SAMPLE_RATE for name, (_, samples) in clips.items()}
     total = sum(seconds.values())
     normalise = normaliser()
     scratch = Path(tempfile.mkdtemp(prefix="whisper-bench-"))
-    found = engines(parse_settings(settings), scratch, clips)
-    processes = found.pop("_processes")
+    found, processes = engines(parse_settings(settings), scratch, clips)
     times = {name: [] for name in found}
     texts: dict[str, dict[str, list[str]]] = {name: {clip: [] for clip in clips} for name in found}
     try:
