@@ -168,6 +168,37 @@ def test_requests_joining_a_running_batch_get_their_own_result(endless):
     assert 2 <= max(gen.engine.batch_sizes) <= 3
 
 
+def test_a_prompt_that_arrives_mid_batch_is_prefilled_in_the_running_decode_step(endless):
+    """On CPU a prompt arriving while others decode is prefilled in the same forward as their next
+    token (Llama.forward_mixed); every text is still the text it gets alone."""
+    samplings = [Sampling(max_new_tokens=40, temperature=0) for _ in PROMPTS[:3]]
+    alone = generate_alone(endless, PROMPTS[:3], samplings)
+    gen = TextGenerator(endless, max_batch=4)
+    mixed = []
+    forward_mixed = gen.model.forward_mixed
+    gen.model.forward_mixed = lambda d, *a, **k: (mixed.append(d.shape[0]), forward_mixed(d, *a, **k))[1]
+    results = [None] * 3
+    started = [threading.Event() for _ in range(3)]
+
+    def one(i):
+        if i:
+            started[i - 1].wait(30)  # the one before is decoding: its first text has arrived
+        stats = GenerationStats()
+        pieces = []
+        for piece in gen.generate(gen.encode(gen.format_prompt(PROMPTS[i], None)), samplings[i], [], stats):
+            pieces.append(piece)
+            started[i].set()
+        results[i] = ("".join(pieces), stats.token_ids)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == alone
+    assert mixed[:2] == [1, 2]  # the second prompt beside one decoding row, the third beside two
+
+
 def test_stop_sequence_of_one_request_does_not_touch_the_others(endless):
     samplings = [Sampling(max_new_tokens=40, temperature=0) for _ in PROMPTS[:3]]
     alone = generate_alone(endless, PROMPTS[:3], samplings)

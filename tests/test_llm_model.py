@@ -91,6 +91,39 @@ def test_prompts_of_different_lengths_prefilled_together_match_alone(tiny_weight
     torch.testing.assert_close(step, torch.stack([short_step, alone_step]), atol=1e-4, rtol=1e-5)
 
 
+def test_a_decode_step_and_a_prompt_in_one_forward_match_them_one_after_the_other(tiny_weights_root):
+    """forward_mixed: two decoding rows (slots 0-1, different lengths) and two prompts padded to one
+    width (slots 2-3) in one forward give the logits, and leave the cache, as a prefill then a decode
+    step do; a key or query crossing between the two parts would move them by far more."""
+    model = load_llama(tiny_weights_root / "llm", batched=True)
+    model.use_packed_weights(True)
+    model.setup_cache(32, slots=4)
+    histories = [[31, 32, 33, 34, 35], [41, 42]]
+    prompts, widths = torch.tensor([[11, 12, 13, 13], [21, 22, 23, 24]]), [2, 3]
+    decode_ids, decode_positions = torch.tensor([[36], [43]]), torch.tensor([[5], [2]])
+
+    def fill():
+        for slot, ids in enumerate(histories):
+            model(torch.tensor([ids]), torch.arange(len(ids))[None], first_slot=slot)
+
+    with torch.no_grad():
+        fill()
+        prefill = model(prompts, torch.arange(4).expand(2, 4), first_slot=2, last=widths)
+        step = model(decode_ids, decode_positions, kv_len=6)
+        apart = torch.cat((step, prefill))
+        cache = [(a.kv_cache.k[:4].clone(), a.kv_cache.v[:4].clone()) for a in
+                 (layer.self_attn for layer in model.model.layers)]
+        for layer in model.model.layers:  # start again from a cache without the new tokens
+            layer.self_attn.kv_cache.k.zero_(), layer.self_attn.kv_cache.v.zero_()
+        fill()
+        mixed = model.forward_mixed(decode_ids, decode_positions, 6, prompts, torch.arange(4).expand(2, 4), 4,
+                                    last=widths)
+    torch.testing.assert_close(mixed, apart, atol=1e-5, rtol=1e-5)
+    for layer, (k, v) in zip(model.model.layers, cache, strict=True):
+        torch.testing.assert_close(layer.self_attn.kv_cache.k[:4], k, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(layer.self_attn.kv_cache.v[:4], v, atol=1e-6, rtol=1e-5)
+
+
 def test_incremental_decoding_matches_full_forward(tiny_weights_root):
     model = load_llama(tiny_weights_root / "llm")
     model.setup_cache(32)

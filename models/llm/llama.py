@@ -256,6 +256,9 @@ class Batch:
     # (`row_tokens`, see Attention.forward); a decode step's kv_len is rounded (ROW_KEYS_MULTIPLE).
     row_kv_lens: list[int] | None = None
     row_tokens: list[int] | None = None  # each row's own tokens (the rest is padding), set with row_kv_lens
+    # The rotary cos and sin of each new token ([B, 1, T, hd]: broadcast over heads), set by Llama.
+    cos: torch.Tensor | None = None
+    sin: torch.Tensor | None = None
 
     @classmethod
     def make(cls, first_slot: int, positions: torch.Tensor, kv_len: int | None = None,
@@ -314,10 +317,26 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, batch: Batch):
-        b, t, _ = x.shape
+    def forward(self, x: torch.Tensor, batches: list[Batch]) -> torch.Tensor:
+        """x: the rows of every batch, in order ([B, T, hidden] for one batch; [1, N, hidden] for
+        several, each batch's B x T rows flattened). The projections run once over all rows (one
+        read of the weights); attention runs per batch, each over its own cache slots."""
+        heads = self.cfg.num_attention_heads + 2 * self.cfg.num_key_value_heads
+        qkv = self.qkv_proj(x).view(-1, heads, self.cfg.head_dim)
+        ys, start = [], 0
+        for batch in batches:
+            b, t = batch.positions.shape
+            ys.append(self.attend(qkv[start:start + b * t].view(b, t, heads, -1).transpose(1, 2), batch))
+            start += b * t
+        y = ys[0] if len(ys) == 1 else torch.cat(ys)
+        return self.o_proj(y.view(*x.shape[:-1], self.q_size))
+
+    def attend(self, heads: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """One batch's attention: its query/key/value heads ([B, heads, T, hd]) rotated, the keys and
+        values written to the cache, the output as [B * T, q_size] rows."""
+        b, _, t, _ = heads.shape
         n_q, n_kv = self.cfg.num_attention_heads, self.cfg.num_key_value_heads
-        heads = self.qkv_proj(x).view(b, t, n_q + 2 * n_kv, self.cfg.head_dim).transpose(1, 2)
+        cos, sin = batch.cos, batch.sin
         if self.cfg.qk_norm:
             q, k, v = heads.split((n_q, n_kv, n_kv), dim=1)
             q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
@@ -336,7 +355,7 @@ class Attention(nn.Module):
                     enable_gqa=True)
         else:  # (a decode step of an int8 model too: its key count is a multiple of ROW_KEYS_MULTIPLE)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+        return y.transpose(1, 2).reshape(b * t, self.q_size)
 
 
 class MLP(nn.Module):
@@ -358,8 +377,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, batch: Batch):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch)
+    def forward(self, x, batches: list[Batch]):
+        x = x + self.self_attn(self.input_layernorm(x), batches)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -460,13 +479,34 @@ class Llama(nn.Module):
             batch.row_kv_lens = row_kv_lens
             b, t = input_ids.shape
             batch.row_tokens = [t] * b if last is None else [i + 1 for i in last]
+        batch.cos, batch.sin = self.rope[:, positions][:, :, None]
         x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rope[:, positions][:, :, None]  # [B, 1, T, hd]: broadcast over heads
         for layer in self.model.layers:
-            x = layer(x, cos, sin, batch)
+            x = layer(x, [batch])
         if not all_logits:
             x = x[:, -1] if last is None else x[torch.arange(x.shape[0], device=x.device), last]
         return self.lm_head(self.model.norm(x))
+
+    def forward_mixed(self, decode_ids: torch.Tensor, decode_positions: torch.Tensor, decode_kv_len: int,
+                      prompt_ids: torch.Tensor, prompt_positions: torch.Tensor, prompt_kv_len: int,
+                      last: list[int]) -> torch.Tensor:
+        """A decode step (rows [D, 1], cache slots 0..D-1) and a prompt chunk (rows [P, T], slots
+        D..D+P-1, each row's last real token at `last`) in one forward: logits [D + P, vocab], the
+        decode rows first. The projections read the weights once for both, where one after the
+        other they read them twice; a decode step of a few rows costs about what it costs to read
+        them. Not for an int8 model, whose rows must each come out as they do alone."""
+        assert not self.rows_independent
+        window = self.cfg.sliding_window
+        decode = Batch.make(0, decode_positions, decode_kv_len, window, self.dtype)
+        prompts = Batch.make(decode_ids.shape[0], prompt_positions, prompt_kv_len, window, self.dtype)
+        for batch in (decode, prompts):
+            batch.cos, batch.sin = self.rope[:, batch.positions][:, :, None]
+        x = self.model.embed_tokens(torch.cat((decode_ids.flatten(), prompt_ids.flatten())))[None]
+        for layer in self.model.layers:
+            x = layer(x, [decode, prompts])
+        d, width = decode_ids.shape[0], prompt_ids.shape[1]
+        rows = list(range(d)) + [d + i * width + j for i, j in enumerate(last)]
+        return self.lm_head(self.model.norm(x[0, rows]))
 
 
 # Kept in float32 by an int8 build: none since Int8Linear scales each activation row by its own
