@@ -140,6 +140,13 @@ class LLMRunner(BaseRunner):
 
         boot.record(fill, timer)
         self.setup_phases = timer.phases
+        # After READY's work, on a thread: decode steps move to onnxruntime's graph once it is built
+        # (~2 s; models/llm/ort_decode.py). COGKIT_LLM_DECODE=torch keeps them on torch.
+        decode = os.environ.get("COGKIT_LLM_DECODE", "onnxruntime")
+        if decode not in ("onnxruntime", "torch"):
+            raise ValueError(f"COGKIT_LLM_DECODE={decode!r}: use onnxruntime (the default) or torch")
+        if dev == "cpu" and engine == "torch" and compile_cache is None and decode == "onnxruntime":
+            self.llm.decode_on_onnxruntime()
 
     @checked_inputs
     def run(

@@ -8,8 +8,9 @@ Each step of the engine's loop
      only what is left of a prompt counts against the chunk),
   3. runs one decode step for all the sequences that are generating: a [B, 1] forward over B cache
      slots, then each sequence picks its next token with its own sampling settings and generator.
-     On CPU a float model runs steps 2 and 3 as one forward (`_decode_and_prefill`), so that the
-     weights are read once for both.
+     On CPU a float model runs the decode step on onnxruntime once its graph is built
+     (models/llm/ort_decode.py), and until then runs steps 2 and 3 as one forward
+     (`_decode_and_prefill`), so that the weights are read once for both.
 So a request joins the running batch at the next step and leaves as soon as it is done; a long
 prompt is prefilled in chunks between decode steps, and cancelling takes effect at the next step.
 
@@ -111,7 +112,7 @@ class BatchEngine:
         first = len(self.running)  # the sequences being prefilled sit after the decoding ones
         while first > 0 and self.running[first - 1].last_token < 0:
             first -= 1
-        if 0 < first < len(self.running) and self.mixes:
+        if 0 < first < len(self.running) and self.mixes and self.model.ort_step is None:
             self._use_packed(True)
             self._decode_and_prefill(self.running[:first], self.running[first:])
             return
@@ -240,7 +241,10 @@ class BatchEngine:
 
     def _decode(self, seqs: list[Sequence]) -> None:
         ids, positions, kv_len = self._decode_inputs(seqs)
-        self._decoded(seqs, self.model(ids, positions, first_slot=0, kv_len=kv_len))
+        if self.model.ort_step is not None:  # onnxruntime's graph of the step, on the same cache
+            self._decoded(seqs, self.model.ort_step(ids, [s.cached + 1 for s in seqs]))
+        else:
+            self._decoded(seqs, self.model(ids, positions, first_slot=0, kv_len=kv_len))
 
     def _decode_and_prefill(self, decoding: list[Sequence], prefilling: list[Sequence]) -> None:
         """A decode step and the next prompt chunk in one forward (see Llama.forward_mixed): the

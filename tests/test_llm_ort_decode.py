@@ -1,0 +1,100 @@
+"""onnxruntime's graph of the decode step (models/llm/ort_decode.py) against the torch model's step."""
+
+import dataclasses
+import threading
+
+import pytest
+import torch
+
+from models.llm.llama import load_llama
+from models.llm.ort_decode import OrtDecodeStep, covers
+from models.llm.text_generation import GenerationStats, Sampling, TextGenerator
+
+PROMPTS = ["Hello there", "Tell me about Paris", "Numbers", "The quick brown fox"]
+
+
+def torch_and_ort_steps(folder, histories: list[list[int]], next_ids: list[int]):
+    """The logits and cache of one decode step of rows with these histories, on torch, then on
+    onnxruntime from the same cache."""
+    model = load_llama(folder, batched=True)
+    model.setup_cache(64, slots=len(histories))
+    with torch.no_grad():
+        for slot, ids in enumerate(histories):
+            model(torch.tensor([ids]), torch.arange(len(ids))[None], first_slot=slot)
+        before = [(a.kv_cache.k.clone(), a.kv_cache.v.clone()) for a in (l.self_attn for l in model.model.layers)]
+        ids = torch.tensor([[i] for i in next_ids])
+        lengths = [len(h) + 1 for h in histories]
+        want = model(ids, torch.tensor([[n - 1] for n in lengths]), kv_len=max(lengths))
+        want_cache = [(a.kv_cache.k.clone(), a.kv_cache.v.clone()) for a in (l.self_attn for l in model.model.layers)]
+        for layer, (k, v) in zip(model.model.layers, before, strict=True):
+            layer.self_attn.kv_cache.k.copy_(k), layer.self_attn.kv_cache.v.copy_(v)
+        got = OrtDecodeStep(model, threads=1)(ids, lengths)
+    return want, got, want_cache, model
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_the_step_gives_the_torch_models_logits_and_cache(tiny_weights_root, rows):
+    histories = [[5, 17, 42, 99, 3, 250, 7], [11, 12], [21, 22, 23, 24, 25]][:rows]  # lengths differ
+    want, got, want_cache, model = torch_and_ort_steps(tiny_weights_root / "llm", histories, [8, 13, 26][:rows])
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+    for layer, (k, v) in zip(model.model.layers, want_cache, strict=True):  # written in place, where torch writes
+        torch.testing.assert_close(layer.self_attn.kv_cache.k, k, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer.self_attn.kv_cache.v, v, atol=1e-5, rtol=1e-5)
+
+
+def test_a_scaled_rotary_table_carries_over(tmp_path):
+    """Llama 3's rope scaling and a head size that is not hidden / heads: the graph takes the model's
+    own rotary table, so positions rotate as torch rotates them."""
+    from cogkit.build import build_weights
+    from tests.tiny_llms import make_tiny_checkpoint
+
+    source = make_tiny_checkpoint("llama3", tmp_path / "source")
+    build_weights("llm", source=str(source), dtype="float32", dest=tmp_path / "llm", log=lambda *a: None)
+    history = list(range(3, 80))  # past the original context of 64, where the scaling bends
+    want, got, _, _ = torch_and_ort_steps(tmp_path / "llm", [history], [5])
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+
+
+def test_models_it_does_not_cover_keep_the_torch_step(tiny_weights_root):
+    model = load_llama(tiny_weights_root / "llm")
+    assert covers(model.cfg, model) is None
+    assert "biases" in covers(dataclasses.replace(model.cfg, attention_bias=True), model)
+    assert "norms" in covers(dataclasses.replace(model.cfg, qk_norm=True), model)
+    sliding = dataclasses.replace(model.cfg, sliding_window=4, sliding_layers=[True] * model.cfg.num_hidden_layers)
+    assert "sliding" in covers(sliding, model)
+    model.rows_independent = True  # what an int8 build sets
+    assert "int8" in covers(model.cfg, model)
+
+
+def test_the_engine_moves_its_decode_steps_to_onnxruntime_with_the_same_text(endless_weights_root):
+    """Greedy text alone and four at once, with decode steps on onnxruntime, equals the torch
+    engine's; every decode step after the build ran on the graph."""
+    folder = endless_weights_root / "llm"
+    samplings = [Sampling(max_new_tokens=24, temperature=0)] * len(PROMPTS)
+    torch_gen = TextGenerator(folder, max_batch=4)
+    want = [generate(torch_gen, p, s) for p, s in zip(PROMPTS, samplings, strict=True)]
+
+    gen = TextGenerator(folder, max_batch=4)
+    gen.decode_on_onnxruntime().join()
+    steps = []
+    step = gen.model.ort_step
+    gen.model.ort_step = lambda ids, lengths: (steps.append(ids.shape[0]), step(ids, lengths))[1]
+    assert [generate(gen, p, s) for p, s in zip(PROMPTS, samplings, strict=True)] == want
+    assert steps.count(1) == len(PROMPTS) * 23  # each token after a prompt's first
+    results = [None] * len(PROMPTS)
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, generate(gen, PROMPTS[i], samplings[i])))
+               for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == want
+    assert max(steps) >= 2  # rows decoded together on the graph
+    assert len(steps) == gen.engine.steps  # no decode step ran on torch
+
+
+def generate(gen, prompt, sampling):
+    stats = GenerationStats()
+    text = "".join(gen.generate(gen.encode(gen.format_prompt(prompt, None)), sampling, [], stats))
+    return text, stats.token_ids
