@@ -98,3 +98,13 @@ def generate(gen, prompt, sampling):
     stats = GenerationStats()
     text = "".join(gen.generate(gen.encode(gen.format_prompt(prompt, None)), sampling, [], stats))
     return text, stats.token_ids
+
+
+def test_no_graph_where_memory_is_short(tiny_weights_root, monkeypatch, capsys):
+    import models.llm.ort_decode as ort_decode
+
+    monkeypatch.setattr(ort_decode, "available_memory", lambda: 1000.0)  # this machine has plenty
+    model = load_llama(tiny_weights_root / "llm")
+    assert ort_decode.build_in_background(model, threads=1) is None
+    assert model.ort_step is None
+    assert "decode steps run on torch" in capsys.readouterr().out

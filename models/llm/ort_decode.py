@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from models.llm.llama import Llama, LlamaConfig, rope_table
+from models.llm.llama import Llama, LlamaConfig, available_memory, rope_table
 
 
 def covers(cfg: LlamaConfig, model: Llama) -> str | None:
@@ -168,6 +168,9 @@ def build_in_background(model: Llama, threads: int) -> threading.Thread | None:
     """Build the step on a thread and hand it to the model (`model.ort_step`) when ready; None (and a
     setup line) when the model is one it does not cover."""
     reason = covers(model.cfg, model)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    if reason is None and size > available_memory() / 2:  # its packed copy of the weights
+        reason = f"a model of {size / 1e9:.1f} GB with {available_memory() / 1e9:.1f} GB of memory available"
     if reason is not None:
         print(f"setup: decode steps run on torch (onnxruntime's step does not cover {reason})", flush=True)
         return None
