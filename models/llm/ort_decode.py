@@ -4,7 +4,8 @@ Why: measured side by side on SmolLM2-135M (one thread, in-process, docs "stop 3
 as one onnxruntime graph took 28.5 ms for one row against 38.2 ms for the torch model's, and 47.2 against
 63.6 ms for eight rows, logits within 7e-5. The gain is onnxruntime's GEMM (MLAS, on weights it
 packs once: the 121 projections alone 30-32 ms against MKL's 35-41 for one row), and one call a step
-instead of ~1,500 small ops issued from Python. onnxruntime is already a runtime dependency (TTS).
+instead of ~1,500 small ops issued from Python. onnxruntime is already a runtime dependency (TTS);
+the onnx package writes the graph.
 
 What runs where: the prompt (prefill) stays on the torch model; the decode step runs here, reading
 and writing the torch model's own KV cache in place (io-binding on its buffers), so the engine's
@@ -12,8 +13,9 @@ slots, prefix cache and compaction work unchanged. Attention is onnxruntime's `G
 which rotates queries and keys itself (from the model's rotary table), writes each row's new key
 and value at its own length and attends over that length only.
 
-The graph is built from the loaded model's weights at setup, on a thread of its own: until it is
-ready (a few seconds) decode steps run on torch. Models it does not cover (q/k norms, biases, sliding
+The graph is built from the loaded model's weights at the end of setup, on a thread of its own: until
+it is ready (~2 s) decode steps run on torch. Importing onnx (its C extension, ~0.8 s) holds the GIL,
+so the first request after boot waits that long once. Models it does not cover (q/k norms, biases, sliding
 windows, int8) keep torch's step.
 """
 
