@@ -43,6 +43,24 @@ def test_the_step_gives_the_torch_models_logits_and_cache(tiny_weights_root, row
         torch.testing.assert_close(layer.self_attn.kv_cache.v, v, atol=1e-5, rtol=1e-5)
 
 
+def test_a_prompt_chunk_after_a_past_gives_the_torch_models_logits_and_cache(tiny_weights_root):
+    """A prompt whose start is already in the cache (the prefix cache's case): its next chunk, as one
+    row of several tokens, gives torch's logits for its last token and torch's keys and values."""
+    model = load_llama(tiny_weights_root / "llm", batched=True)
+    model.setup_cache(64, slots=2)
+    start, chunk = [5, 17, 42, 99, 3, 250, 7], [8, 13, 26, 31, 44]
+    with torch.no_grad():
+        for slot in (0, 1):
+            model(torch.tensor([start]), torch.arange(7)[None], first_slot=slot)
+        want = model(torch.tensor([chunk]), torch.arange(7, 12)[None], first_slot=0)
+        got = OrtDecodeStep(model, threads=1)(torch.tensor([chunk]), [12], first_slot=1)
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+    for layer in model.model.layers:
+        cache = layer.self_attn.kv_cache
+        torch.testing.assert_close(cache.k[1, :, :12], cache.k[0, :, :12], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cache.v[1, :, :12], cache.v[0, :, :12], atol=1e-5, rtol=1e-5)
+
+
 def test_a_scaled_rotary_table_carries_over(tmp_path):
     """Llama 3's rope scaling and a head size that is not hidden / heads: the graph takes the model's
     own rotary table, so positions rotate as torch rotates them."""
@@ -67,9 +85,9 @@ def test_models_it_does_not_cover_keep_the_torch_step(tiny_weights_root):
     assert "int8" in covers(model.cfg, model)
 
 
-def test_the_engine_moves_its_decode_steps_to_onnxruntime_with_the_same_text(endless_weights_root):
-    """Greedy text alone and four at once, with decode steps on onnxruntime, equals the torch
-    engine's; every decode step after the build ran on the graph."""
+def test_the_engine_moves_its_forwards_to_onnxruntime_with_the_same_text(endless_weights_root):
+    """Greedy text alone and four at once, with prompts and decode steps on onnxruntime, equals the
+    torch engine's; once the graph is built no forward runs on torch."""
     folder = endless_weights_root / "llm"
     samplings = [Sampling(max_new_tokens=24, temperature=0)] * len(PROMPTS)
     torch_gen = TextGenerator(folder, max_batch=4)
@@ -77,11 +95,14 @@ def test_the_engine_moves_its_decode_steps_to_onnxruntime_with_the_same_text(end
 
     gen = TextGenerator(folder, max_batch=4)
     gen.decode_on_onnxruntime().join()
-    steps = []
-    step = gen.model.ort_step
-    gen.model.ort_step = lambda ids, lengths: (steps.append(ids.shape[0]), step(ids, lengths))[1]
+    calls, torch_calls = [], []  # (rows, tokens) of each call of the graph; forwards on torch
+    step, forward = gen.model.ort_step, gen.model.forward
+    gen.model.ort_step = lambda ids, *a: (calls.append(tuple(ids.shape)), step(ids, *a))[1]
+    gen.model.forward = lambda *a, **k: (torch_calls.append(1), forward(*a, **k))[1]
     assert [generate(gen, p, s) for p, s in zip(PROMPTS, samplings, strict=True)] == want
-    assert steps.count(1) == len(PROMPTS) * 23  # each token after a prompt's first
+    prompts = [c for c in calls if c[1] > 1]
+    assert len(prompts) == len(PROMPTS)  # each prompt in one call of its own tokens
+    assert calls.count((1, 1)) == len(PROMPTS) * 23  # each token after a prompt's first
     results = [None] * len(PROMPTS)
     threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, generate(gen, PROMPTS[i], samplings[i])))
                for i in range(len(PROMPTS))]
@@ -90,8 +111,8 @@ def test_the_engine_moves_its_decode_steps_to_onnxruntime_with_the_same_text(end
     for t in threads:
         t.join(timeout=120)
     assert results == want
-    assert max(steps) >= 2  # rows decoded together on the graph
-    assert len(steps) == gen.engine.steps  # no decode step ran on torch
+    assert max(rows for rows, tokens in calls if tokens == 1) >= 2  # rows decoded together on the graph
+    assert torch_calls == []
 
 
 def generate(gen, prompt, sampling):

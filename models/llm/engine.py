@@ -8,8 +8,8 @@ Each step of the engine's loop
      only what is left of a prompt counts against the chunk),
   3. runs one decode step for all the sequences that are generating: a [B, 1] forward over B cache
      slots, then each sequence picks its next token with its own sampling settings and generator.
-     On CPU a float model runs the decode step on onnxruntime once its graph is built
-     (models/llm/ort_decode.py), and until then runs steps 2 and 3 as one forward
+     On CPU a float32 model runs steps 2 and 3 on onnxruntime once its graph is built
+     (models/llm/ort_decode.py); on torch, a float model runs them as one forward
      (`_decode_and_prefill`), so that the weights are read once for both.
 So a request joins the running batch at the next step and leaves as soon as it is done; a long
 prompt is prefilled in chunks between decode steps, and cancelling takes effect at the next step.
@@ -141,6 +141,9 @@ class BatchEngine:
     def _chunk_len(seq: Sequence) -> int:
         return min(PREFILL_CHUNK, len(seq.request.prompt_ids) - seq.prefilled)
 
+    def _next_chunks(self, seqs: list[Sequence]) -> list[list[int]]:
+        return [seq.request.prompt_ids[seq.prefilled: seq.prefilled + self._chunk_len(seq)] for seq in seqs]
+
     def _drop_finished(self) -> None:
         with self.wake:
             for seq in [s for s in self.waiting if s.request.cancelled]:
@@ -211,7 +214,7 @@ class BatchEngine:
         chunks are padded at the end with their last token: the padding's keys lie past the prompt,
         where no real query looks, and the sequence's own tokens overwrite them before it attends
         that far."""
-        chunks = [seq.request.prompt_ids[seq.prefilled: seq.prefilled + self._chunk_len(seq)] for seq in seqs]
+        chunks = self._next_chunks(seqs)
         width = max(len(chunk) for chunk in chunks)
         ids = torch.tensor([chunk + chunk[-1:] * (width - len(chunk)) for chunk in chunks], device=self.device)
         # A row that starts later (a reused prefix) may pad past the cache's end: its padding then
@@ -222,7 +225,13 @@ class BatchEngine:
         return chunks, ids, positions, min(max(seq.prefilled for seq in seqs) + width, end + 1)
 
     def _prefill_chunk(self, seqs: list[Sequence], first_slot: int) -> None:
-        """The next chunk of each prompt, in one forward."""
+        """The next chunk of each prompt, in one forward (on onnxruntime's graph: one call each)."""
+        if self.model.ort_step is not None:
+            chunks = self._next_chunks(seqs)
+            logits = torch.cat([self.model.ort_step(torch.tensor([chunk]), [seq.prefilled + len(chunk)], slot)
+                                for slot, (seq, chunk) in enumerate(zip(seqs, chunks), start=first_slot)])
+            self._prefilled(seqs, chunks, logits, first_slot)
+            return
         chunks, ids, positions, kv_len = self._prompt_chunks(seqs)
         end = self.model.cache_len - 1
         last = [len(chunk) - 1 for chunk in chunks] if len(seqs) > 1 else None

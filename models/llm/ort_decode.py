@@ -7,9 +7,9 @@ packs once: the 121 projections alone 30-32 ms against MKL's 35-41 for one row),
 instead of ~1,500 small ops issued from Python. onnxruntime is already a runtime dependency (TTS);
 the onnx package writes the graph.
 
-What runs where: the prompt (prefill) stays on the torch model; the decode step runs here, reading
-and writing the torch model's own KV cache in place (io-binding on its buffers), so the engine's
-slots, prefix cache and compaction work unchanged. Attention is onnxruntime's `GroupQueryAttention`,
+What runs where: decode steps and prompt chunks (one call per prompt) run here, reading and writing
+the torch model's own KV cache in place (io-binding on its buffers), so the engine's slots, prefix
+cache and compaction work unchanged; before the graph is ready, the torch model runs both. Attention is onnxruntime's `GroupQueryAttention`,
 which rotates queries and keys itself (from the model's rotary table), writes each row's new key
 and value at its own length and attends over that length only.
 
@@ -42,9 +42,10 @@ def covers(cfg: LlamaConfig, model: Llama) -> str | None:
 
 
 def step_graph(model: Llama):
-    """The ONNX graph of one decode step: input_ids [B, 1], seqlens_k [B] (each row's length after
-    this token, minus one), total_len, and per layer the cache as past_*/present_* [B, kv heads,
-    cache length, head dim] (bound to the same buffer: written in place). Output: logits [B, 1, vocab].
+    """The ONNX graph of one forward: input_ids [B, S], seqlens_k [B] (each row's length after these
+    tokens, minus one), total_len, and per layer the cache as past_*/present_* [B, kv heads, cache
+    length, head dim] (bound to the same buffer: written in place). Output: the logits of each row's
+    last token [B, vocab].
     Returns the graph and its weights by name (numpy arrays over the model's tensors where their
     layout allows, copies where not)."""
     from onnx import TensorProto, helper, numpy_helper
@@ -81,10 +82,10 @@ def step_graph(model: Llama):
     split = "gate_up_split"  # small, and read by shape inference: stored in the graph
     declared.append(numpy_helper.from_array(np.array([cfg.intermediate_size] * 2, dtype=np.int64), split))
     f32, cache_dims = TensorProto.FLOAT, ["B", kv_heads, "cache_len", hd]
-    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", 1]),
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "S"]),
               helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["B"]),
               helper.make_tensor_value_info("total_len", TensorProto.INT32, [])]
-    outputs = [helper.make_tensor_value_info("logits", f32, ["B", 1, cfg.vocab_size])]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["B", cfg.vocab_size])]
     x = op("Gather", [weight("embed", state["model.embed_tokens.weight"]), "input_ids"], ["x0"])
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
@@ -104,6 +105,9 @@ def step_graph(model: Llama):
         silu = op("Mul", [gate, op("Sigmoid", [gate], [f"sigmoid.{i}"])], [f"silu.{i}"])
         down = linear(op("Mul", [silu, up], [f"act.{i}"]), p + "mlp.down_proj.weight", f"down.{i}")
         x = op("Add", [x, down], [f"x{i + 1}"])
+    last = "last_index"  # each row's last token: the only logits the engine reads
+    declared.append(numpy_helper.from_array(np.array(-1, dtype=np.int64), last))
+    x = op("Gather", [x, last], ["x_last"], axis=1)
     linear(rms_norm(x, "model.norm.weight", "norm"), "lm_head.weight", "logits")
     graph = helper.make_graph(nodes, "decode_step", inputs, outputs, declared)
     onnx_model = helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17),
@@ -127,8 +131,9 @@ _NUMPY = {torch.float32: np.float32, torch.int32: np.int32, torch.int64: np.int6
 
 
 class OrtDecodeStep:
-    """`step(ids, lengths)`: the logits [B, vocab] of one decode step of rows 0..B-1 (cache slots
-    0..B-1), `lengths` being each row's filled length once this token is in."""
+    """`step(ids, lengths, first_slot)`: the logits [B, vocab] of each row's last token, for rows of
+    new tokens `ids` [B, S] in cache slots first_slot.. (a decode step: S = 1; a prompt chunk: one row
+    of S tokens), `lengths` being each row's filled length once they are in."""
 
     def __init__(self, model: Llama, threads: int):
         import onnxruntime as ort
@@ -143,22 +148,25 @@ class OrtDecodeStep:
         options.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(self.weights[n]) for n in names])
         self.session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
-    def __call__(self, ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    def __call__(self, ids: torch.Tensor, lengths: list[int], first_slot: int = 0) -> torch.Tensor:
         rows = ids.shape[0]
         binding = self.session.io_binding()
+        # The op takes each row's new tokens to end at its length: rows of one call share S, so a
+        # prompt chunk runs as a call of its own.
         seqlens = torch.tensor([n - 1 for n in lengths], dtype=torch.int32)
         total = torch.tensor(max(lengths), dtype=torch.int32)
-        logits = torch.empty(rows, 1, self.model.cfg.vocab_size)
+        logits = torch.empty(rows, self.model.cfg.vocab_size)
         for name, t in (("input_ids", ids), ("seqlens_k", seqlens), ("total_len", total)):
             bind(binding.bind_input, name, t)
         bind(binding.bind_output, "logits", logits)
+        slots = slice(first_slot, first_slot + rows)
         for i, layer in enumerate(self.model.model.layers):
             cache = layer.self_attn.kv_cache
-            for kind, buffer in (("key", cache.k[:rows]), ("value", cache.v[:rows])):
+            for kind, buffer in (("key", cache.k[slots]), ("value", cache.v[slots])):
                 bind(binding.bind_input, f"past_{kind}.{i}", buffer)
                 bind(binding.bind_output, f"present_{kind}.{i}", buffer)  # the same memory: in place
         self.session.run_with_iobinding(binding)
-        return logits[:, 0]
+        return logits
 
 
 def bind(method, name: str, t: torch.Tensor) -> None:
