@@ -1,4 +1,4 @@
-"""A float32 model's decode step as one onnxruntime graph, on CPU.
+"""A float32 model's decode step (and prompt chunks) as one onnxruntime graph, on CPU.
 
 Why: measured side by side on SmolLM2-135M (one thread, in-process, docs "stop 32"), a whole decode step
 as one onnxruntime graph took 28.5 ms for one row against 38.2 ms for the torch model's, and 47.2 against
@@ -175,14 +175,15 @@ def bind(method, name: str, t: torch.Tensor) -> None:
 
 
 def build_in_background(model: Llama, threads: int) -> threading.Thread | None:
-    """Build the step on a thread and hand it to the model (`model.ort_step`) when ready; None (and a
-    setup line) when the model is one it does not cover."""
+    """Build the graph on a thread and hand it to the model (`model.ort_step`, which the engine then
+    calls for prompt chunks and decode steps) when ready; None (and a setup line) when the model is
+    one it does not cover."""
     reason = covers(model.cfg, model)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     if reason is None and size > available_memory() / 2:  # its packed copy of the weights
         reason = f"a model of {size / 1e9:.1f} GB with {available_memory() / 1e9:.1f} GB of memory available"
     if reason is not None:
-        print(f"setup: decode steps run on torch (onnxruntime's step does not cover {reason})", flush=True)
+        print(f"setup: prompts and decode steps run on torch (onnxruntime's graph does not cover {reason})", flush=True)
         return None
 
     def build() -> None:
@@ -190,11 +191,11 @@ def build_in_background(model: Llama, threads: int) -> threading.Thread | None:
         try:
             step = OrtDecodeStep(model, threads)
         except Exception as e:  # an onnxruntime that lacks an op: torch's step keeps serving
-            print(f"setup: decode steps stay on torch: onnxruntime's step failed to build ({e})", flush=True)
+            print(f"setup: prompts and decode steps stay on torch: onnxruntime's graph failed to build ({e})", flush=True)
             return
         model.ort_step = step
-        print(f"setup: decode steps run on onnxruntime from now on (built in {time.perf_counter() - start:.1f} s)",
-              flush=True)
+        print("setup: prompts and decode steps run on onnxruntime from now on "
+              f"(built in {time.perf_counter() - start:.1f} s)", flush=True)
 
     thread = threading.Thread(target=build, name="ort-decode-step", daemon=True)
     thread.start()
