@@ -108,13 +108,14 @@ def test_cancel_a_running_prediction(gateway_client):
 
 def test_cancel_after_cancels_a_running_prediction(gateway):
     resp = requests.post(f"{gateway.url}/v1/models/local/llm/predictions", json={"input": LONG},
-                         headers={"Authorization": f"Bearer {TOKEN}", "Cancel-After": "1.5s"},
+                         # LONG runs ~1.7k tokens of the tiny model: ~1.4 s on onnxruntime's graph
+                         headers={"Authorization": f"Bearer {TOKEN}", "Cancel-After": "0.5s"},
                          verify=gateway.verify)
     assert resp.status_code == 201
     record = wait_until(lambda: (r := gateway.get(f"/v1/predictions/{resp.json()['id']}").json())["status"]
                         in ("canceled", "failed", "succeeded") and r, what="auto-cancel")
     assert record["status"] == "canceled"
-    assert 1.0 <= record["metrics"]["total_time"] < 30
+    assert 0.4 <= record["metrics"]["total_time"] < 30
 
 
 def test_list_predictions_pages_with_full_next_urls(gateway_client):
