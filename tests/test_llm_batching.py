@@ -82,6 +82,10 @@ def test_a_lone_sequence_prefills_on_the_packed_weights_and_decodes_on_the_colum
     forward = gen.model.forward
     gen.model.forward = lambda ids, *a, **k: (calls.append((*ids.shape, gen.model.packed_in_use)),
                                               forward(ids, *a, **k))[1]
+    # A prompt that arrives while the other decodes shares its step (forward_mixed): rows of both.
+    mixed = gen.model.forward_mixed
+    gen.model.forward_mixed = lambda d, *a, **k: (  # a[2]: the prompt's ids
+        calls.append((d.shape[0] + a[2].shape[0], a[2].shape[1], gen.model.packed_in_use)), mixed(d, *a, **k))[1]
     samplings = [Sampling(max_new_tokens=6, temperature=0)] * 2
     alone = generate_alone(endless, PROMPTS[1:3], samplings)
     assert generate_one_by_one(gen, PROMPTS[1:2], samplings[:1]) == alone[:1]
