@@ -110,6 +110,11 @@ class LLMRunner(BaseRunner):
             dev = device()
         timer.done("imports")
         print(f"setup: weights {folder} ({manifest['dtype']} for {engine}, from {manifest['source']})", flush=True)
+        # Where a float model's forwards run once its onnxruntime graph is built (end of setup); read
+        # before the load so that a wrong value fails at once.
+        forwards = os.environ.get("COGKIT_LLM_FORWARD", "onnxruntime")
+        if forwards not in ("onnxruntime", "torch"):
+            raise ValueError(f"COGKIT_LLM_FORWARD={forwards!r}: use onnxruntime (the default) or torch")
         # Up to COG_MAX_CONCURRENCY predictions run at once, batched by one engine.
         max_batch = int(os.environ.get("COG_MAX_CONCURRENCY", "1"))
         self.llm = TextGenerator(folder, dev, max_batch=max_batch)
@@ -117,13 +122,14 @@ class LLMRunner(BaseRunner):
         timer.done("load")
 
         boot = BootSnapshot(folder, dev, lambda: snapshot_extra(dev, folder))
-        compile_cache = None
+        compile_cache, compiling = None, False
         if compile_enabled(dev) and engine == "torch":
             if self.llm.model.rows_independent:
                 # Measured on SmolLM2 (CPU, one thread): 24 tok/s compiled against 32 eager, and other
                 # greedy text than eager int8 (0 of 8 answers the same).
                 print("setup: not compiling: an int8 build on CPU decodes slower compiled", flush=True)
             else:
+                compiling = True
                 compile_cache = use_compile_cache(boot.restored)
                 self.llm.compile_decode()
                 self.llm.warmup()  # the first call compiles
@@ -140,13 +146,10 @@ class LLMRunner(BaseRunner):
 
         boot.record(fill, timer)
         self.setup_phases = timer.phases
-        # After READY's work, on a thread: decode steps move to onnxruntime's graph once it is built
-        # (~2 s; models/llm/ort_decode.py). COGKIT_LLM_DECODE=torch keeps them on torch.
-        decode = os.environ.get("COGKIT_LLM_DECODE", "onnxruntime")
-        if decode not in ("onnxruntime", "torch"):
-            raise ValueError(f"COGKIT_LLM_DECODE={decode!r}: use onnxruntime (the default) or torch")
-        if dev == "cpu" and engine == "torch" and compile_cache is None and decode == "onnxruntime":
-            self.llm.decode_on_onnxruntime()
+        # After READY's work, on a thread: prompts and decode steps move to onnxruntime's graph once it
+        # is built (~2 s; models/llm/ort_forward.py). COGKIT_LLM_FORWARD=torch keeps them on torch.
+        if dev == "cpu" and engine == "torch" and not compiling and forwards == "onnxruntime":
+            self.llm.forward_on_onnxruntime()
 
     @checked_inputs
     def run(

@@ -9,7 +9,7 @@ Each step of the engine's loop
   3. runs one decode step for all the sequences that are generating: a [B, 1] forward over B cache
      slots, then each sequence picks its next token with its own sampling settings and generator.
      On CPU a float32 model runs steps 2 and 3 on onnxruntime once its graph is built
-     (models/llm/ort_decode.py); on torch, a float model runs them as one forward
+     (models/llm/ort_forward.py); on torch, a float model runs them as one forward
      (`_decode_and_prefill`), so that the weights are read once for both.
 So a request joins the running batch at the next step and leaves as soon as it is done; a long
 prompt is prefilled in chunks between decode steps, and cancelling takes effect at the next step.
@@ -112,7 +112,7 @@ class BatchEngine:
         first = len(self.running)  # the sequences being prefilled sit after the decoding ones
         while first > 0 and self.running[first - 1].last_token < 0:
             first -= 1
-        if 0 < first < len(self.running) and self.mixes and self.model.ort_step is None:
+        if 0 < first < len(self.running) and self.mixes and self.model.ort_forward is None:
             self._use_packed(True)
             self._decode_and_prefill(self.running[:first], self.running[first:])
             return
@@ -132,8 +132,9 @@ class BatchEngine:
     def _use_packed(self, on: bool) -> None:
         """Whether the next forward reads the packed weight copies (on CPU, where `cpu_layouts` made
         them): faster for any call of several rows, a batch's decode step or a prompt's chunk; a lone
-        sequence's decode step reads the column-major copy."""
-        if on != self.packed:
+        sequence's decode step reads the column-major copy. Nothing to switch once onnxruntime's graph
+        runs the forwards: it holds its own copy."""
+        if on != self.packed and self.model.ort_forward is None:
             self.model.use_packed_weights(on)
             self.packed = on
 
@@ -226,9 +227,9 @@ class BatchEngine:
 
     def _prefill_chunk(self, seqs: list[Sequence], first_slot: int) -> None:
         """The next chunk of each prompt, in one forward (on onnxruntime's graph: one call each)."""
-        if self.model.ort_step is not None:
+        if self.model.ort_forward is not None:
             chunks = self._next_chunks(seqs)
-            logits = torch.cat([self.model.ort_step(torch.tensor([chunk]), [seq.prefilled + len(chunk)], slot)
+            logits = torch.cat([self.model.ort_forward(torch.tensor([chunk]), [seq.prefilled + len(chunk)], slot)
                                 for slot, (seq, chunk) in enumerate(zip(seqs, chunks), start=first_slot)])
             self._prefilled(seqs, chunks, logits, first_slot)
             return
@@ -250,8 +251,8 @@ class BatchEngine:
 
     def _decode(self, seqs: list[Sequence]) -> None:
         ids, positions, kv_len = self._decode_inputs(seqs)
-        if self.model.ort_step is not None:  # onnxruntime's graph of the step, on the same cache
-            self._decoded(seqs, self.model.ort_step(ids, [s.cached + 1 for s in seqs]))
+        if self.model.ort_forward is not None:  # onnxruntime's graph of the step, on the same cache
+            self._decoded(seqs, self.model.ort_forward(ids, [s.cached + 1 for s in seqs]))
         else:
             self._decoded(seqs, self.model(ids, positions, first_slot=0, kv_len=kv_len))
 

@@ -406,8 +406,9 @@ class Llama(nn.Module):
         # its batch (given per-row attention lengths), so greedy text batched equals batch-1 text.
         self.rows_independent = False
         self.packed_in_use = False  # use_packed_weights switched the projections to their packed copies
-        # onnxruntime's decode step (models/llm/ort_decode.py), once built: the engine's decode steps run on it.
-        self.ort_step = None
+        # onnxruntime's graph of this forward (models/llm/ort_forward.py), once built: the engine's prompt
+        # chunks and decode steps run on it.
+        self.ort_forward = None
 
     @property
     def dtype(self) -> torch.dtype:

@@ -225,13 +225,13 @@ class TextGenerator:
             self.model = load_llama(folder, device, batched=max_batch > 1)
             self.engine = BatchEngine(self.model, self.tokenizer, self.eos_ids, self.context_length, max_batch)
 
-    def decode_on_onnxruntime(self):
-        """Start building onnxruntime's graph of the decode step on a thread (models/llm/ort_decode.py);
-        the engine's decode steps move to it once it is ready. Returns the thread (None: the model is
+    def forward_on_onnxruntime(self):
+        """Start building onnxruntime's graph of the model's forward on a thread (models/llm/ort_forward.py);
+        the engine's prompt chunks and decode steps move to it once it is ready. Returns the thread (None: the model is
         one it does not cover, and a setup line says why)."""
         import torch
 
-        from models.llm.ort_decode import build_in_background
+        from models.llm.ort_forward import build_in_background
 
         return build_in_background(self.model, torch.get_num_threads())
 

@@ -1,4 +1,4 @@
-"""A float32 model's decode step (and prompt chunks) as one onnxruntime graph, on CPU.
+"""A float32 model's forward (decode steps and prompt chunks) as one onnxruntime graph, on CPU.
 
 Why: measured side by side on SmolLM2-135M (one thread, in-process, docs "stop 32"), a whole decode step
 as one onnxruntime graph took 28.5 ms for one row against 38.2 ms for the torch model's, and 47.2 against
@@ -14,9 +14,9 @@ which rotates queries and keys itself (from the model's rotary table), writes ea
 and value at its own length and attends over that length only.
 
 The graph is built from the loaded model's weights at the end of setup, on a thread of its own: until
-it is ready (~2 s) decode steps run on torch. Importing onnx (its C extension, ~0.8 s) holds the GIL,
+it is ready (~2 s) prompts and decode steps run on torch. Importing onnx (its C extension, ~0.8 s) holds the GIL,
 so the first request after boot waits that long once. Models it does not cover (q/k norms, biases, sliding
-windows, int8) keep torch's step.
+windows, int8) keep torch's forward.
 """
 
 import threading
@@ -29,7 +29,7 @@ from models.llm.llama import Llama, LlamaConfig, available_memory, rope_table
 
 
 def covers(cfg: LlamaConfig, model: Llama) -> str | None:
-    """Why this graph cannot run a model's decode step, or None when it can."""
+    """Why this graph cannot run a model's forward, or None when it can."""
     if model.rows_independent:
         return "int8 projections"
     if model.dtype != torch.float32 or model.device.type != "cpu":
@@ -41,7 +41,7 @@ def covers(cfg: LlamaConfig, model: Llama) -> str | None:
     return None
 
 
-def step_graph(model: Llama):
+def forward_graph(model: Llama):
     """The ONNX graph of one forward: input_ids [B, S], seqlens_k [B] (each row's length after these
     tokens, minus one), total_len, and per layer the cache as past_*/present_* [B, kv heads, cache
     length, head dim] (bound to the same buffer: written in place). Output: the logits of each row's
@@ -109,7 +109,7 @@ def step_graph(model: Llama):
     declared.append(numpy_helper.from_array(np.array(-1, dtype=np.int64), last))
     x = op("Gather", [x, last], ["x_last"], axis=1)
     linear(rms_norm(x, "model.norm.weight", "norm"), "lm_head.weight", "logits")
-    graph = helper.make_graph(nodes, "decode_step", inputs, outputs, declared)
+    graph = helper.make_graph(nodes, "forward", inputs, outputs, declared)
     onnx_model = helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17),
                                                                        helper.make_opsetid("com.microsoft", 1)])
     return onnx_model, arrays
@@ -130,8 +130,8 @@ def external_tensor(name: str, array: np.ndarray):
 _NUMPY = {torch.float32: np.float32, torch.int32: np.int32, torch.int64: np.int64}
 
 
-class OrtDecodeStep:
-    """`step(ids, lengths, first_slot)`: the logits [B, vocab] of each row's last token, for rows of
+class OrtForward:
+    """`forward(ids, lengths, first_slot)`: the logits [B, vocab] of each row's last token, for rows of
     new tokens `ids` [B, S] in cache slots first_slot.. (a decode step: S = 1; a prompt chunk: one row
     of S tokens), `lengths` being each row's filled length once they are in."""
 
@@ -143,7 +143,7 @@ class OrtDecodeStep:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        graph, self.weights = step_graph(model)  # kept: onnxruntime reads the arrays it was given
+        graph, self.weights = forward_graph(model)  # kept: onnxruntime reads the arrays it was given
         names = list(self.weights)
         options.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(self.weights[n]) for n in names])
         self.session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -175,7 +175,7 @@ def bind(method, name: str, t: torch.Tensor) -> None:
 
 
 def build_in_background(model: Llama, threads: int) -> threading.Thread | None:
-    """Build the graph on a thread and hand it to the model (`model.ort_step`, which the engine then
+    """Build the graph on a thread and hand it to the model (`model.ort_forward`, which the engine then
     calls for prompt chunks and decode steps) when ready; None (and a setup line) when the model is
     one it does not cover."""
     reason = covers(model.cfg, model)
@@ -189,14 +189,14 @@ def build_in_background(model: Llama, threads: int) -> threading.Thread | None:
     def build() -> None:
         start = time.perf_counter()
         try:
-            step = OrtDecodeStep(model, threads)
-        except Exception as e:  # an onnxruntime that lacks an op: torch's step keeps serving
+            forward = OrtForward(model, threads)
+        except Exception as e:  # an onnxruntime that lacks an op: torch keeps serving
             print(f"setup: prompts and decode steps stay on torch: onnxruntime's graph failed to build ({e})", flush=True)
             return
-        model.ort_step = step
+        model.ort_forward = forward
         print("setup: prompts and decode steps run on onnxruntime from now on "
               f"(built in {time.perf_counter() - start:.1f} s)", flush=True)
 
-    thread = threading.Thread(target=build, name="ort-decode-step", daemon=True)
+    thread = threading.Thread(target=build, name="ort-forward", daemon=True)
     thread.start()
     return thread

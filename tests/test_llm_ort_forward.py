@@ -1,4 +1,4 @@
-"""onnxruntime's graph of the decode step (models/llm/ort_decode.py) against the torch model's step."""
+"""onnxruntime's graph of the forward (models/llm/ort_forward.py) against the torch model's."""
 
 import dataclasses
 import threading
@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from models.llm.llama import load_llama
-from models.llm.ort_decode import OrtDecodeStep, covers
+from models.llm.ort_forward import OrtForward, covers
 from models.llm.text_generation import GenerationStats, Sampling, TextGenerator
 
 PROMPTS = ["Hello there", "Tell me about Paris", "Numbers", "The quick brown fox"]
 
 
-def torch_and_ort_steps(folder, histories: list[list[int]], next_ids: list[int]):
+def torch_and_ort_forwards(folder, histories: list[list[int]], next_ids: list[int]):
     """The logits and cache of one decode step of rows with these histories, on torch, then on
     onnxruntime from the same cache."""
     model = load_llama(folder, batched=True)
@@ -28,14 +28,14 @@ def torch_and_ort_steps(folder, histories: list[list[int]], next_ids: list[int])
         want_cache = [(a.kv_cache.k.clone(), a.kv_cache.v.clone()) for a in (l.self_attn for l in model.model.layers)]
         for layer, (k, v) in zip(model.model.layers, before, strict=True):
             layer.self_attn.kv_cache.k.copy_(k), layer.self_attn.kv_cache.v.copy_(v)
-        got = OrtDecodeStep(model, threads=1)(ids, lengths)
+        got = OrtForward(model, threads=1)(ids, lengths)
     return want, got, want_cache, model
 
 
 @pytest.mark.parametrize("rows", [1, 3])
 def test_the_step_gives_the_torch_models_logits_and_cache(tiny_weights_root, rows):
     histories = [[5, 17, 42, 99, 3, 250, 7], [11, 12], [21, 22, 23, 24, 25]][:rows]  # lengths differ
-    want, got, want_cache, model = torch_and_ort_steps(tiny_weights_root / "llm", histories, [8, 13, 26][:rows])
+    want, got, want_cache, model = torch_and_ort_forwards(tiny_weights_root / "llm", histories, [8, 13, 26][:rows])
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
     for layer, (k, v) in zip(model.model.layers, want_cache, strict=True):  # written in place, where torch writes
@@ -53,7 +53,7 @@ def test_a_prompt_chunk_after_a_past_gives_the_torch_models_logits_and_cache(tin
         for slot in (0, 1):
             model(torch.tensor([start]), torch.arange(7)[None], first_slot=slot)
         want = model(torch.tensor([chunk]), torch.arange(7, 12)[None], first_slot=0)
-        got = OrtDecodeStep(model, threads=1)(torch.tensor([chunk]), [12], first_slot=1)
+        got = OrtForward(model, threads=1)(torch.tensor([chunk]), [12], first_slot=1)
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
     for layer in model.model.layers:
         cache = layer.self_attn.kv_cache
@@ -70,7 +70,7 @@ def test_a_scaled_rotary_table_carries_over(tmp_path):
     source = make_tiny_checkpoint("llama3", tmp_path / "source")
     build_weights("llm", source=str(source), dtype="float32", dest=tmp_path / "llm", log=lambda *a: None)
     history = list(range(3, 80))  # past the original context of 64, where the scaling bends
-    want, got, _, _ = torch_and_ort_steps(tmp_path / "llm", [history], [5])
+    want, got, _, _ = torch_and_ort_forwards(tmp_path / "llm", [history], [5])
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
 
 
@@ -94,10 +94,10 @@ def test_the_engine_moves_its_forwards_to_onnxruntime_with_the_same_text(endless
     want = [generate(torch_gen, p, s) for p, s in zip(PROMPTS, samplings, strict=True)]
 
     gen = TextGenerator(folder, max_batch=4)
-    gen.decode_on_onnxruntime().join()
+    gen.forward_on_onnxruntime().join()
     calls, torch_calls = [], []  # (rows, tokens) of each call of the graph; forwards on torch
-    step, forward = gen.model.ort_step, gen.model.forward
-    gen.model.ort_step = lambda ids, *a: (calls.append(tuple(ids.shape)), step(ids, *a))[1]
+    step, forward = gen.model.ort_forward, gen.model.forward
+    gen.model.ort_forward = lambda ids, *a: (calls.append(tuple(ids.shape)), step(ids, *a))[1]
     gen.model.forward = lambda *a, **k: (torch_calls.append(1), forward(*a, **k))[1]
     assert [generate(gen, p, s) for p, s in zip(PROMPTS, samplings, strict=True)] == want
     prompts = [c for c in calls if c[1] > 1]
@@ -122,10 +122,10 @@ def generate(gen, prompt, sampling):
 
 
 def test_no_graph_where_memory_is_short(tiny_weights_root, monkeypatch, capsys):
-    import models.llm.ort_decode as ort_decode
+    import models.llm.ort_forward as ort_forward
 
-    monkeypatch.setattr(ort_decode, "available_memory", lambda: 1000.0)  # this machine has plenty
+    monkeypatch.setattr(ort_forward, "available_memory", lambda: 1000.0)  # this machine has plenty
     model = load_llama(tiny_weights_root / "llm")
-    assert ort_decode.build_in_background(model, threads=1) is None
-    assert model.ort_step is None
+    assert ort_forward.build_in_background(model, threads=1) is None
+    assert model.ort_forward is None
     assert "decode steps run on torch" in capsys.readouterr().out
