@@ -1,8 +1,9 @@
 """Quality cost of a quantized LLM build against the float32 one: perplexity on a fixed text and
 greedy agreement (tokens identical to float32's before the first difference, and whole answers equal).
 
-usage: .venv/bin/python scripts/llm_quality.py WEIGHTS_FP32_FOLDER WEIGHTS_OTHER_FOLDER [--json FILE]
-(either folder may be a torch or a ctranslate2 build)
+usage: .venv/bin/python scripts/llm_quality.py WEIGHTS_FP32_FOLDER WEIGHTS_OTHER_FOLDER [--onnxruntime] [--json FILE]
+(either folder may be a torch or a ctranslate2 build; --onnxruntime runs the other torch build's
+forwards on onnxruntime's graph, as the server does once it is built: models/llm/ort_forward.py)
 """
 
 import json
@@ -35,6 +36,9 @@ def perplexity(gen: TextGenerator) -> float:
         log_probs = engine.generator.score_batch([[engine.vocab[i] for i in ids]])[0].log_probs
         return math.exp(-sum(log_probs) / len(log_probs))
     gen.model.setup_cache(len(ids))
+    if gen.model.ort_forward is not None:  # the graph gives each call's last logits: one token a call
+        logits = torch.cat([gen.model.ort_forward(torch.tensor([[t]]), [i + 1]) for i, t in enumerate(ids[:-1])])
+        return math.exp(float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]))))
     logits = gen.model(torch.tensor([ids]), torch.arange(len(ids))[None], all_logits=True)[0, :-1]
     nll = torch.nn.functional.cross_entropy(logits.float(), torch.tensor(ids[1:]))
     return math.exp(float(nll))
@@ -52,6 +56,9 @@ def greedy(gen: TextGenerator, n: int = 48) -> list[list[int]]:
 def main() -> None:
     torch.set_num_threads(1)
     ref, other = TextGenerator(Path(sys.argv[1])), TextGenerator(Path(sys.argv[2]))
+    if "--onnxruntime" in sys.argv:
+        other.forward_on_onnxruntime().join()
+        assert other.model.ort_forward is not None, "onnxruntime's graph did not build (see the setup line)"
     a, b = greedy(ref), greedy(other)
     common = [next((i for i, (x, y) in enumerate(zip(s, t)) if x != y), min(len(s), len(t))) for s, t in zip(a, b)]
     result = {"perplexity_reference": round(perplexity(ref), 3), "perplexity_other": round(perplexity(other), 3),

@@ -81,8 +81,25 @@ def test_models_it_does_not_cover_keep_the_torch_step(tiny_weights_root):
     assert "norms" in covers(dataclasses.replace(model.cfg, qk_norm=True), model)
     sliding = dataclasses.replace(model.cfg, sliding_window=4, sliding_layers=[True] * model.cfg.num_hidden_layers)
     assert "sliding" in covers(sliding, model)
-    model.rows_independent = True  # what an int8 build sets
-    assert "int8" in covers(model.cfg, model)
+    assert "float32" in covers(model.cfg, model.to(torch.bfloat16))
+
+
+def test_an_int8_model_runs_on_the_graph_each_row_as_alone(tiny_llm_source, tmp_path):
+    """An int8 build's projections run as onnxruntime's integer GEMM with Int8Linear's quantisation
+    (each row scaled by its own absmax): logits close to torch's int8 ones, and each row of a batched
+    step bit for bit what it gives alone, so greedy text does not depend on the batch."""
+    from cogkit.build import build_weights
+
+    build_weights("llm", source=str(tiny_llm_source), dtype="int8", dest=tmp_path / "llm", log=lambda *a: None)
+    histories = [[5, 17, 42, 99, 3, 250, 7], [11, 12], [21, 22, 23, 24, 25]]
+    want, got, _, model = torch_and_ort_forwards(tmp_path / "llm", histories, [8, 13, 26])
+    assert covers(model.cfg, model) is None
+    cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
+    assert cos > 0.999, cos
+    forward = OrtForward(model, threads=1)
+    for slot, history in enumerate(histories):  # each row again, alone, from the cache the batch wrote
+        alone = forward(torch.tensor([[[8, 13, 26][slot]]]), [len(history) + 1], first_slot=slot)
+        assert torch.equal(alone[0], got[slot]), slot
 
 
 def test_the_engine_moves_its_forwards_to_onnxruntime_with_the_same_text(endless_weights_root):

@@ -150,6 +150,11 @@ class Int8Linear(nn.Module):
                 weight.contiguous(), scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
             self.packed = torch.ops.quantized.linear_prepack(q, None)
 
+    def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The int8 weight [out, in] and its scale per output row, as built (for another engine's graph)."""
+        q = torch.ops.quantized.linear_unpack(self.packed)[0]
+        return q.int_repr(), q.q_per_channel_scales().float()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
         # (abs + amax: linalg.vector_norm(inf) does the same 4-8x slower on several rows)
