@@ -146,3 +146,15 @@ def test_no_graph_where_memory_is_short(tiny_weights_root, monkeypatch, capsys):
     assert ort_forward.build_in_background(model, threads=1) is None
     assert model.ort_forward is None
     assert "decode steps run on torch" in capsys.readouterr().out
+
+
+def test_the_graph_is_written_without_onnxs_c_extension(tiny_weights_root):
+    """`import onnx` initialises a C extension that holds the GIL for ~0.7 s: on the build thread that
+    stalled the first requests after boot. The graph needs only onnx's protobuf classes."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from models.llm.llama import load_llama; from models.llm.ort_forward import OrtForward;"
+            f"OrtForward(load_llama({str(tiny_weights_root / 'llm')!r}), threads=1);"
+            "assert 'onnx.onnx_cpp2py_export' not in sys.modules, 'onnx was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

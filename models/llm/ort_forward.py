@@ -5,7 +5,7 @@ as one onnxruntime graph took 28.5 ms for one row against 38.2 ms for the torch 
 63.6 ms for eight rows, logits within 7e-5. The gain is onnxruntime's GEMM (MLAS, on weights it
 packs once: the 121 projections alone 30-32 ms against MKL's 35-41 for one row), and one call a step
 instead of ~1,500 small ops issued from Python. onnxruntime is already a runtime dependency (TTS);
-the onnx package writes the graph.
+the graph is written with the onnx package's protobuf classes (see `onnx_proto`).
 
 What runs where: decode steps and prompt chunks (one call per prompt) run here, reading and writing
 the torch model's own KV cache in place (io-binding on its buffers), so the engine's slots, prefix
@@ -23,13 +23,15 @@ text 6.91 here, 6.99 on torch's int8, 6.70 float32), so an int8 request in the s
 is ready can answer otherwise than one after.
 
 The graph is built from the loaded model's weights at the end of setup, on a thread of its own: until
-it is ready (~2 s) prompts and decode steps run on torch. Importing onnx (its C extension, ~0.8 s) holds the GIL,
-so the first request after boot waits that long once. Models it does not cover (q/k norms, biases, sliding
+it is ready (~2 s) prompts and decode steps run on torch. Models it does not cover (q/k norms, biases, sliding
 windows) keep torch's forward.
 """
 
+import importlib.util
 import threading
 import time
+from functools import cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -55,8 +57,7 @@ def forward_graph(model: Llama):
     last token [B, vocab].
     Returns the graph and its weights by name (numpy arrays over the model's tensors where their
     layout allows, copies where not)."""
-    from onnx import TensorProto, helper, numpy_helper
-
+    pb = onnx_proto()
     cfg = model.cfg
     state = {k: v.detach() for k, v in model.state_dict().items()}
     nodes, declared, arrays = [], [], {}
@@ -71,7 +72,8 @@ def forward_graph(model: Llama):
 
     def op(kind: str, inputs: list[str], outputs: list[str], **attrs) -> str:
         domain = "com.microsoft" if kind in ("GroupQueryAttention", "MatMulIntegerToFloat") else ""
-        nodes.append(helper.make_node(kind, inputs, outputs, domain=domain, **attrs))
+        nodes.append(pb.NodeProto(op_type=kind, input=inputs, output=outputs, domain=domain,
+                                  attribute=[attribute(key, value) for key, value in attrs.items()]))
         return outputs[0]
 
     def rms_norm(x: str, key: str, name: str) -> str:
@@ -103,23 +105,22 @@ def forward_graph(model: Llama):
     cos = weight("cos", rope[0, :, : hd // 2].contiguous())
     sin = weight("sin", (-rope[1, :, : hd // 2]).contiguous())
     split = "gate_up_split"  # small, and read by shape inference: stored in the graph
-    declared.append(numpy_helper.from_array(np.array([cfg.intermediate_size] * 2, dtype=np.int64), split))
+    declared.append(constant(split, np.array([cfg.intermediate_size] * 2, dtype=np.int64)))
     if any(isinstance(m, Int8Linear) for m in model.modules()):
         # An int8 model's activations: [-1, 1] to uint8 0..255 (Int8Linear.X_SCALE, X_ZERO_POINT).
-        declared += [numpy_helper.from_array(np.array(Int8Linear.X_SCALE, dtype=np.float32), "x_scale"),
-                     numpy_helper.from_array(np.array(Int8Linear.X_ZERO_POINT, dtype=np.uint8), "x_zero_point"),
-                     numpy_helper.from_array(np.array(1e-30, dtype=np.float32), "tiny")]
-    f32, cache_dims = TensorProto.FLOAT, ["B", kv_heads, "cache_len", hd]
-    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "S"]),
-              helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["B"]),
-              helper.make_tensor_value_info("total_len", TensorProto.INT32, [])]
-    outputs = [helper.make_tensor_value_info("logits", f32, ["B", cfg.vocab_size])]
+        declared += [constant("x_scale", np.array(Int8Linear.X_SCALE, dtype=np.float32)),
+                     constant("x_zero_point", np.array(Int8Linear.X_ZERO_POINT, dtype=np.uint8)),
+                     constant("tiny", np.array(1e-30, dtype=np.float32))]
+    cache_dims = ["B", kv_heads, "cache_len", hd]
+    inputs = [value_info("input_ids", np.int64, ["B", "S"]), value_info("seqlens_k", np.int32, ["B"]),
+              value_info("total_len", np.int32, [])]
+    outputs = [value_info("logits", np.float32, ["B", cfg.vocab_size])]
     x = op("Gather", [weight("embed", state["model.embed_tokens.weight"]), "input_ids"], ["x0"])
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
         for kind in ("key", "value"):
-            inputs.append(helper.make_tensor_value_info(f"past_{kind}.{i}", f32, cache_dims))
-            outputs.append(helper.make_tensor_value_info(f"present_{kind}.{i}", f32, cache_dims))
+            inputs.append(value_info(f"past_{kind}.{i}", np.float32, cache_dims))
+            outputs.append(value_info(f"present_{kind}.{i}", np.float32, cache_dims))
         qkv = linear(rms_norm(x, p + "input_layernorm.weight", f"ln1.{i}"), p + "self_attn.qkv_proj.weight", f"qkv.{i}")
         attn = op("GroupQueryAttention",
                   [qkv, "", "", f"past_key.{i}", f"past_value.{i}", "seqlens_k", "total_len", cos, sin],
@@ -134,21 +135,62 @@ def forward_graph(model: Llama):
         down = linear(op("Mul", [silu, up], [f"act.{i}"]), p + "mlp.down_proj.weight", f"down.{i}")
         x = op("Add", [x, down], [f"x{i + 1}"])
     last = "last_index"  # each row's last token: the only logits the engine reads
-    declared.append(numpy_helper.from_array(np.array(-1, dtype=np.int64), last))
+    declared.append(constant(last, np.array(-1, dtype=np.int64)))
     x = op("Gather", [x, last], ["x_last"], axis=1)
     linear(rms_norm(x, "model.norm.weight", "norm"), "lm_head.weight", "logits")
-    graph = helper.make_graph(nodes, "forward", inputs, outputs, declared)
-    onnx_model = helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17),
-                                                                       helper.make_opsetid("com.microsoft", 1)])
+    graph = pb.GraphProto(node=nodes, name="forward", input=inputs, output=outputs, initializer=declared)
+    onnx_model = pb.ModelProto(ir_version=9, graph=graph, opset_import=[pb.OperatorSetIdProto(domain="", version=17),
+                                                                        pb.OperatorSetIdProto(domain="com.microsoft", version=1)])
     return onnx_model, arrays
+
+
+@cache
+def onnx_proto():
+    """The onnx package's generated protobuf classes (ModelProto, NodeProto, ...), loaded on their own.
+    `import onnx` also initialises its C extension, which registers every operator schema holding the
+    GIL for ~0.7 s: on the build thread, that stalled the engine thread serving the first requests after
+    boot (their first token 0.66-0.76 s after READY against 0.10-0.13 on torch). These classes load in
+    ~20 ms, and writing a graph needs nothing else."""
+    package = Path(importlib.util.find_spec("onnx").origin).parent  # found, not imported
+    spec = importlib.util.spec_from_file_location("onnx.onnx_ml_pb2", package / "onnx_ml_pb2.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_ONNX_TYPES = {np.dtype(np.float32): 1, np.dtype(np.uint8): 2, np.dtype(np.int8): 3, np.dtype(np.int32): 6,
+               np.dtype(np.int64): 7}  # TensorProto.DataType
+
+
+def attribute(name: str, value):
+    pb = onnx_proto()
+    if isinstance(value, int):
+        return pb.AttributeProto(name=name, type=pb.AttributeProto.INT, i=value)
+    if isinstance(value, float):
+        return pb.AttributeProto(name=name, type=pb.AttributeProto.FLOAT, f=value)
+    return pb.AttributeProto(name=name, type=pb.AttributeProto.INTS, ints=list(value))
+
+
+def value_info(name: str, dtype, shape: list):
+    """A graph input or output: its element type and shape (a str is a dimension named, not fixed)."""
+    pb = onnx_proto()
+    dims = [pb.TensorShapeProto.Dimension(dim_param=d) if isinstance(d, str) else pb.TensorShapeProto.Dimension(dim_value=d)
+            for d in shape]
+    tensor = pb.TypeProto.Tensor(elem_type=_ONNX_TYPES[np.dtype(dtype)], shape=pb.TensorShapeProto(dim=dims))
+    return pb.ValueInfoProto(name=name, type=pb.TypeProto(tensor_type=tensor))
+
+
+def constant(name: str, array: np.ndarray):
+    """A small initializer stored in the graph itself."""
+    return onnx_proto().TensorProto(name=name, dims=array.shape, data_type=_ONNX_TYPES[array.dtype],
+                                    raw_data=array.tobytes())
 
 
 def external_tensor(name: str, array: np.ndarray):
     """A graph initializer that names its data without holding it (the data comes with the session)."""
-    from onnx import TensorProto, helper
-
-    tensor = TensorProto(name=name, dims=array.shape, data_location=TensorProto.EXTERNAL,
-                         data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+    pb = onnx_proto()
+    tensor = pb.TensorProto(name=name, dims=array.shape, data_location=pb.TensorProto.EXTERNAL,
+                            data_type=_ONNX_TYPES[array.dtype])
     for key, value in (("location", "session-initializers"), ("offset", "0"), ("length", str(array.nbytes))):
         entry = tensor.external_data.add()
         entry.key, entry.value = key, value
