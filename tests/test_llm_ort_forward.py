@@ -120,6 +120,10 @@ def test_the_engine_moves_its_forwards_to_onnxruntime_with_the_same_text(endless
     prompts = [c for c in calls if c[1] > 1]
     assert len(prompts) == len(PROMPTS)  # each prompt in one call of its own tokens
     assert calls.count((1, 1)) == len(PROMPTS) * 23  # each token after a prompt's first
+    # Now every prompt is in the prefix cache but its last token: each joins a decode step's call.
+    prefill_calls = []
+    prefill = gen.engine._prefill_chunk
+    gen.engine._prefill_chunk = lambda *a, **k: (prefill_calls.append(1), prefill(*a, **k))[1]
     results = [None] * len(PROMPTS)
     threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, generate(gen, PROMPTS[i], samplings[i])))
                for i in range(len(PROMPTS))]
@@ -128,6 +132,7 @@ def test_the_engine_moves_its_forwards_to_onnxruntime_with_the_same_text(endless
     for t in threads:
         t.join(timeout=120)
     assert results == want
+    assert prefill_calls == []
     assert max(rows for rows, tokens in calls if tokens == 1) >= 2  # rows decoded together on the graph
     assert torch_calls == []
 

@@ -116,6 +116,12 @@ class BatchEngine:
             self._use_packed(True)
             self._decode_and_prefill(self.running[:first], self.running[first:])
             return
+        if first < len(self.running) and self.model.ort_forward is not None and all(
+                self._chunk_len(seq) == 1 for seq in self.running[first:]):
+            # Prompts with one token left (the prefix cache held the rest) are decode rows: they join
+            # this step's graph call instead of making calls of their own.
+            self._decode_with_last_prompt_tokens(self.running[:first], self.running[first:])
+            return
         if first < len(self.running):
             prefilling = self.running[first:]
             self._use_packed(len(prefilling) > 1 or self._chunk_len(prefilling[0]) > 1)
@@ -255,6 +261,15 @@ class BatchEngine:
             self._decoded(seqs, self.model.ort_forward(ids, [s.cached + 1 for s in seqs]))
         else:
             self._decoded(seqs, self.model(ids, positions, first_slot=0, kv_len=kv_len))
+
+    def _decode_with_last_prompt_tokens(self, decoding: list[Sequence], prefilling: list[Sequence]) -> None:
+        """One graph call over slots 0..B-1: each decoding row's last token and each prompt's last one."""
+        last = [[seq.request.prompt_ids[seq.prefilled]] for seq in prefilling]
+        ids = torch.tensor([[s.last_token] for s in decoding] + last)
+        logits = self.model.ort_forward(ids, [s.cached + 1 for s in decoding + prefilling])
+        if decoding:
+            self._decoded(decoding, logits[: len(decoding)])
+        self._prefilled(prefilling, last, logits[len(decoding):], first_slot=len(decoding))
 
     def _decode_and_prefill(self, decoding: list[Sequence], prefilling: list[Sequence]) -> None:
         """A decode step and the next prompt chunk in one forward (see Llama.forward_mixed): the
