@@ -260,7 +260,8 @@ def build_in_background(model: Llama, threads: int) -> threading.Thread | None:
     calls for prompt chunks and decode steps) when ready; None (and a setup line) when the model is
     one it does not cover."""
     reason = covers(model.cfg, model)
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    size = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(  # int8 rows are no parameters
+        m.in_features * m.out_features for m in model.modules() if isinstance(m, Int8Linear))
     if reason is None and size > available_memory() / 2:  # its packed copy of the weights
         reason = f"a model of {size / 1e9:.1f} GB with {available_memory() / 1e9:.1f} GB of memory available"
     if reason is not None:
