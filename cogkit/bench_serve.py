@@ -21,6 +21,7 @@ same round. On a shared machine whose speed moves by a third within minutes, one
 a ratio near 1 by chance, and levels measured one after the other compare different machines.
 """
 
+import functools
 import json
 import os
 import statistics
@@ -187,6 +188,30 @@ def memory_read_gbps(mib: int = 512, runs: int = 5) -> float:
     return buf.numel() * 4 / statistics.median(times) / 1e9
 
 
+def matmul_gflops(size: int = 1536, runs: int = 5) -> float:
+    """Float32 matrix-product speed on this process's threads, in GFLOP/s (median of `runs` products of
+    two size x size matrices). A step of c rows does 2 x c multiply-adds per weight: past a few rows
+    it is bound by this, not by reading the weights."""
+    import torch
+
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    a @ b  # warm
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def streams_ceiling(streams: int, weight_bytes: int, gbps: float, gflops: float) -> float:
+    """The most tokens per second `streams` float32 streams can make: a step reads every weight once
+    (weight_bytes / bandwidth) and does 2 x streams operations per weight (compute), and takes at
+    least the longer of the two. Attention and everything else come on top."""
+    step = max(weight_bytes / (gbps * 1e9), 2 * streams * (weight_bytes / 4) / (gflops * 1e9))
+    return streams / step
+
+
 def bytes_read_per_token(path: Path) -> int:
     """Weight bytes one decode step reads: every tensor, except an embedding table that is only
     looked up (one row) because the head has its own copy (untied, or an int8 build's int8 head)."""
@@ -235,6 +260,12 @@ def cmd_bench_serve(args) -> int:
     report["batch1_ceiling_tokens_per_second"] = round(report["memory_read_gbps"] * 1e9 / weight_bytes, 2)
     print(f"memory read {report['memory_read_gbps']} GB/s: batch-1 ceiling "
           f"{report['batch1_ceiling_tokens_per_second']} tok/s for {weight_bytes / 1e6:.0f} MB of weights")
+    if report["dtype"] == "float32" and report["engine"] == "torch":
+        # Many streams' ceiling: compute catches up with memory (see streams_ceiling).
+        report["matmul_gflops"] = round(matmul_gflops(), 1)
+        print(f"float32 matrix products {report['matmul_gflops']} GFLOP/s: ceilings "
+              + ", ".join(f"{c} streams {streams_ceiling(c, weight_bytes, report['memory_read_gbps'], report['matmul_gflops']):.1f} tok/s"
+                          for c in levels))
     with CogServer(spec.runner, env={"COG_MAX_CONCURRENCY": str(max(levels))}) as server:
         server.start().wait_ready()
         one_request(server, "Hello.", 4)  # warm
@@ -262,10 +293,18 @@ def cmd_bench_serve(args) -> int:
             # this level's aggregate over the first level's (e.g. 8 streams over 1) within each round
             merged["over_first_level_per_round"] = [round(a / b, 3) for a, b in zip(aggregates, base, strict=True)]
             merged["over_first_level_median"] = round(statistics.median(merged["over_first_level_per_round"]), 3)
+            if "matmul_gflops" in report:
+                ceiling = functools.partial(streams_ceiling, weight_bytes=weight_bytes,
+                                            gbps=report["memory_read_gbps"], gflops=report["matmul_gflops"])
+                merged["ceiling_tokens_per_second"] = round(ceiling(c), 2)
+                # the most this level's aggregate can be over the first level's, on this machine
+                merged["over_first_level_ceiling"] = round(ceiling(c) / ceiling(levels[0]), 3)
             report["levels"].append(merged)
             if c != levels[0]:
                 print(f"c={c} over c={levels[0]}, round by round: {merged['over_first_level_per_round']}, "
-                      f"median {merged['over_first_level_median']}", flush=True)
+                      f"median {merged['over_first_level_median']}"
+                      + (f" (ceiling {merged['over_first_level_ceiling']})" if "over_first_level_ceiling" in merged else ""),
+                      flush=True)
             for name, runs in peer_rounds[c].items():
                 peer = merge_peer_rounds(runs, aggregates)
                 report["peers"].setdefault(name, []).append(peer)

@@ -104,7 +104,8 @@ def test_an_int8_model_runs_on_the_graph_each_row_as_alone(tiny_llm_source, tmp_
 
 def test_the_engine_moves_its_forwards_to_onnxruntime_with_the_same_text(endless_weights_root):
     """Greedy text alone and four at once, with prompts and decode steps on onnxruntime, equals the
-    torch engine's; once the graph is built no forward runs on torch."""
+    torch engine's; once the graph is built no forward runs on torch, and torch's packed weight copies
+    are freed."""
     folder = endless_weights_root / "llm"
     samplings = [Sampling(max_new_tokens=24, temperature=0)] * len(PROMPTS)
     torch_gen = TextGenerator(folder, max_batch=4)
@@ -112,6 +113,7 @@ def test_the_engine_moves_its_forwards_to_onnxruntime_with_the_same_text(endless
 
     gen = TextGenerator(folder, max_batch=4)
     gen.forward_on_onnxruntime().join()
+    assert packed_copies(gen.model)  # a batching engine's float32 model has them until the graph runs
     calls, torch_calls = [], []  # (rows, tokens) of each call of the graph; forwards on torch
     step, forward = gen.model.ort_forward, gen.model.forward
     gen.model.ort_forward = lambda ids, *a: (calls.append(tuple(ids.shape)), step(ids, *a))[1]
@@ -135,6 +137,11 @@ def test_the_engine_moves_its_forwards_to_onnxruntime_with_the_same_text(endless
     assert prefill_calls == []
     assert max(rows for rows, tokens in calls if tokens == 1) >= 2  # rows decoded together on the graph
     assert torch_calls == []
+    assert packed_copies(gen.model) == [] and packed_copies(torch_gen.model)
+
+
+def packed_copies(model):
+    return [m for m in model.modules() if getattr(m, "packed", None) is not None]
 
 
 def generate(gen, prompt, sampling):

@@ -56,7 +56,7 @@ class BatchEngine:
         self.steps = 0  # decode steps run, and the batch sizes they had (for tests and metrics)
         self.batch_sizes: list[int] = []
         self.prefill_sizes: list[int] = []  # sequences per prefill forward
-        self.packed = False  # the model reads its packed weight copies (calls of several rows)
+        self.packed = False  # the model reads its packed weight copies (calls of several rows); None: dropped
         # On CPU a float model runs a decode step and a prompt chunk in one forward (`_decode_and_prefill`):
         # a 14-token chunk beside 7 decoding rows took 104 ms against 145 ms one after the other, with
         # the same logits. Not on GPU (its decode step is a compiled graph; unmeasured there) nor for
@@ -107,6 +107,11 @@ class BatchEngine:
                     self.running = []
 
     def step(self) -> None:
+        if self.model.ort_forward is not None and self.packed is not None:
+            # The graph runs every forward from now on: torch's packed weight copy (as large as the
+            # weights) is read no more. Freed here, on the thread that ran torch's forwards.
+            self.model.drop_packed_weights()
+            self.packed = None
         self._drop_finished()
         self._admit()
         first = len(self.running)  # the sequences being prefilled sit after the decoding ones

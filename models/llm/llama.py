@@ -14,6 +14,7 @@ only over the filled part of the cache (up to the largest position in the batch)
 `B` sequences x 1 token; a prefill is 1 sequence x `T` tokens.
 """
 
+import ctypes
 import json
 import math
 import threading
@@ -454,6 +455,18 @@ class Llama(nn.Module):
                 module.use_packed = on
                 self.packed_in_use = on
 
+    def drop_packed_weights(self) -> int:
+        """Free the projections' packed copies and return the bytes freed: once onnxruntime's graph runs
+        every forward (it packs the weights its own way), nothing reads them."""
+        freed = 0
+        for module in self.modules():
+            if isinstance(module, Linear) and module.packed is not None:
+                freed += module.packed.numel() * module.packed.element_size()
+                module.packed, module.use_packed = None, False
+        self.packed_in_use = False
+        return_freed_memory()
+        return freed
+
     def move_slot(self, src: int, dst: int, length: int) -> None:
         """Copy one sequence's cache to another slot (to keep the running sequences contiguous)."""
         for layer in self.model.layers:
@@ -599,6 +612,16 @@ def cpu_layouts(model: Llama, batched: bool) -> None:
     column_major_weights(model)
     if packing:
         packer.join()
+
+
+def return_freed_memory() -> None:
+    """Hand freed heap memory back to the system where the C library can (glibc's malloc_trim): glibc
+    keeps large freed blocks for reuse, and dropping SmolLM2's packed copies then lowered the server's
+    resident memory by 0.32 GB instead of 0.63 (2.66 -> 2.03 GB with it)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def available_memory() -> float:
