@@ -81,7 +81,9 @@ def test_call_reports_an_aborted_prediction(tmp_path, gateway_weights_root, gate
     blocker = client.models.predictions.create(model="local/llm", input=LONG)
     wait_processing_with_output(client, blocker)
     try:
-        code = main(["call", "local/llm", "-i", "prompt=Hi", "--cancel-after", "0.5s", "--json"])
+        # The blocker has ~0.4 s of its ~1.7k tokens left on a fast machine (a 0.5 s deadline let it
+        # finish first there, and the queued one then ran).
+        code = main(["call", "local/llm", "-i", "prompt=Hi", "--cancel-after", "0.1s", "--json"])
     finally:
         blocker.cancel()
         gateway.stop()
