@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from models.llm.llama import load_llama
+from models.llm.llama import Int8Linear, load_llama
 from models.llm.ort_forward import OrtForward, covers
 from models.llm.text_generation import GenerationStats, Sampling, TextGenerator
 
@@ -97,6 +97,9 @@ def test_an_int8_model_runs_on_the_graph_each_row_as_alone(tiny_llm_source, tmp_
     cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
     assert cos > 0.999, cos
     forward = OrtForward(model, threads=1)
+    # The graph holds its own int8 weights: fbgemm's copy can go (the engine drops it once the graph runs).
+    assert model.drop_packed_weights() > 0
+    assert all(m.packed is None for m in model.modules() if isinstance(m, Int8Linear))
     for slot, history in enumerate(histories):  # each row again, alone, from the cache the batch wrote
         alone = forward(torch.tensor([[[8, 13, 26][slot]]]), [len(history) + 1], first_slot=slot)
         assert torch.equal(alone[0], got[slot]), slot

@@ -457,12 +457,17 @@ class Llama(nn.Module):
 
     def drop_packed_weights(self) -> int:
         """Free the projections' packed copies and return the bytes freed: once onnxruntime's graph runs
-        every forward (it packs the weights its own way), nothing reads them."""
+        every forward (it packs the weights its own way), nothing reads them. A float32 model keeps its
+        plain weights (the graph's arrays are views of them); an int8 model's fbgemm copy is its only
+        torch copy, so its torch forward cannot run after this."""
         freed = 0
         for module in self.modules():
             if isinstance(module, Linear) and module.packed is not None:
                 freed += module.packed.numel() * module.packed.element_size()
                 module.packed, module.use_packed = None, False
+            elif isinstance(module, Int8Linear) and module.packed is not None:
+                freed += module.in_features * module.out_features
+                module.packed = None
         self.packed_in_use = False
         return_freed_memory()
         return freed
