@@ -179,9 +179,11 @@ def test_parallel_load_builds_the_model_faster_whispers_constructor_builds(real_
     assert heard[0] == heard[1] and "".join(w for w, _, _ in heard[0]).strip() == FOX_TEXT
 
 
-def test_blockwise_features_are_faster_whispers_bit_for_bit():
+def test_blockwise_features_are_faster_whispers():
     """The predictor's feature extractor works a block of frames at a time (models/audio/whisper_features.py):
-    the same log-Mel array as faster-whisper's whole-clip one, bit for bit, for clips shorter than a
+    the same log-Mel array as faster-whisper's whole-clip one, to the last unit (OpenBLAS can round the
+    Mel product of a block and of a whole clip differently, by one unit in the last place; bit for bit
+    on some CPUs, not on stop 34's AVX-512 one), for clips shorter than a
     block, exactly one block, several blocks with a partial last one, silence ending in speech (the
     floor is taken from the whole clip's maximum), another window length, and float64 input."""
     from faster_whisper.feature_extractor import FeatureExtractor
@@ -203,7 +205,8 @@ def test_blockwise_features_are_faster_whispers_bit_for_bit():
             stock, ours = FeatureExtractor(), BlockwiseFeatureExtractor()
             expected, got = stock(samples, chunk_length=chunk_length), ours(samples, chunk_length=chunk_length)
             assert got.dtype == expected.dtype and got.shape == expected.shape, name
-            assert np.array_equal(got, expected), (name, float(np.abs(got - expected).max()))
+            # one unit in the last place of values in [-1.5, 1.5]; a wrong window, filter or floor is 1e-3 or more
+            assert np.abs(got - expected).max() <= 2.5e-7, (name, float(np.abs(got - expected).max()))
             assert vars(ours).keys() == vars(stock).keys()
             assert (ours.n_samples, ours.nb_max_frames) == (stock.n_samples, stock.nb_max_frames)
     assert clips["several blocks"].size // 160 > 2 * BLOCK_FRAMES
