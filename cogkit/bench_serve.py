@@ -264,7 +264,8 @@ def cmd_bench_serve(args) -> int:
         # Many streams' ceiling: compute catches up with memory (see streams_ceiling).
         report["matmul_gflops"] = round(matmul_gflops(), 1)
         print(f"float32 matrix products {report['matmul_gflops']} GFLOP/s: ceilings "
-              + ", ".join(f"{c} streams {streams_ceiling(c, weight_bytes, report['memory_read_gbps'], report['matmul_gflops']):.1f} tok/s"
+              + ", ".join(f"{c} stream{'s' if c > 1 else ''} "
+                          f"{streams_ceiling(c, weight_bytes, report['memory_read_gbps'], report['matmul_gflops']):.1f} tok/s"
                           for c in levels))
     with CogServer(spec.runner, env={"COG_MAX_CONCURRENCY": str(max(levels))}) as server:
         server.start().wait_ready()
