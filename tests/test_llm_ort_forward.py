@@ -143,6 +143,34 @@ def test_the_engine_moves_its_forwards_to_onnxruntime_with_the_same_text(endless
     assert packed_copies(gen.model) == [] and packed_copies(torch_gen.model)
 
 
+def test_an_int8_models_requests_wait_for_the_graph(tiny_llm_source, tmp_path, monkeypatch):
+    """An int8 model's text on the graph is not its text on torch: a request that comes while the graph
+    is being built waits for it, so that no forward runs on torch and its text is any later request's."""
+    import time
+
+    import models.llm.ort_forward as ort_forward
+    from cogkit.build import build_weights
+
+    build_weights("llm", source=str(tiny_llm_source), dtype="int8", dest=tmp_path / "llm", log=lambda *a: None)
+    gen = TextGenerator(tmp_path / "llm", max_batch=4)
+    torch_calls = []
+    forward = gen.model.forward
+    gen.model.forward = lambda *a, **k: (torch_calls.append(1), forward(*a, **k))[1]
+    build = ort_forward.OrtForward.__init__
+
+    def slow_build(self, *args, **kwargs):  # the tiny model's graph builds too fast to come in between
+        time.sleep(0.5)
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(ort_forward.OrtForward, "__init__", slow_build)
+    sampling = Sampling(max_new_tokens=16, temperature=0)
+    building = gen.forward_on_onnxruntime()
+    assert building.is_alive()
+    first = generate(gen, PROMPTS[0], sampling)
+    assert torch_calls == [] and gen.model.ort_forward is not None
+    assert generate(gen, PROMPTS[0], sampling) == first
+
+
 def packed_copies(model):
     return [m for m in model.modules() if getattr(m, "packed", None) is not None]
 

@@ -66,6 +66,9 @@ class BatchEngine:
         # Not for int8 models: a prompt prefilled in two pieces rounds differently from one piece, and
         # their rows must come out bit for bit as they do alone.
         self.prefixes = PrefixCache() if reuse_prefixes and not model.rows_independent else None
+        # A thread building the model's onnxruntime graph that every forward waits for (an int8 model's:
+        # see TextGenerator.forward_on_onnxruntime); None once joined, or when nothing waits.
+        self.graph_pending: threading.Thread | None = None
 
     # ------------------------------------------------------------------ public, any thread
     def submit(self, request: Request) -> None:
@@ -107,6 +110,9 @@ class BatchEngine:
                     self.running = []
 
     def step(self) -> None:
+        if self.graph_pending is not None:
+            self.graph_pending.join()
+            self.graph_pending = None
         if self.model.ort_forward is not None and self.packed is not None:
             # The graph runs every forward from now on: torch's packed weight copy (as large as the
             # weights) is read no more. Freed here, on the thread that ran torch's forwards.

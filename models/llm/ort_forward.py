@@ -19,8 +19,8 @@ parameters): a row's result depends on that row only, so a batched step gives ea
 gets alone. On SmolLM2 (one thread, in-process) a decode step took 13.6 ms for one row against 25.8
 for torch's int8 step (fbgemm), and 23.5 against 45.8 ms for eight. Its text is not torch's int8
 text: int8 rounding amplifies the engines' float differences (perplexity on scripts/llm_quality.py's
-text 6.91 here, 6.99 on torch's int8, 6.70 float32), so an int8 request in the seconds before the graph
-is ready can answer otherwise than one after.
+text 6.91 here, 6.99 on torch's int8, 6.70 float32), so an int8 model's requests wait for the graph
+(BatchEngine.graph_pending) rather than answer otherwise in the seconds before it is ready.
 
 The graph is built from the loaded model's weights at the end of setup, on a thread of its own: until
 it is ready (~2 s) prompts and decode steps run on torch. Models it does not cover (q/k norms, biases, sliding

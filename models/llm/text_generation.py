@@ -227,13 +227,19 @@ class TextGenerator:
 
     def forward_on_onnxruntime(self):
         """Start building onnxruntime's graph of the model's forward on a thread (models/llm/ort_forward.py);
-        the engine's prompt chunks and decode steps move to it once it is ready. Returns the thread (None: the model is
-        one it does not cover, and a setup line says why)."""
+        the engine's prompt chunks and decode steps move to it once it is ready (an int8 model's wait for it).
+        Returns the thread (None: the model is one it does not cover, and a setup line says why)."""
         import torch
 
         from models.llm.ort_forward import build_in_background
 
-        return build_in_background(self.model, torch.get_num_threads())
+        thread = build_in_background(self.model, torch.get_num_threads())
+        if thread is not None and self.model.rows_independent:
+            # An int8 model's text on the graph is not its text on torch (int8 rounding amplifies the
+            # engines' float differences), so its requests wait for the graph (~1-2 s after READY)
+            # rather than answer otherwise in the first seconds.
+            self.engine.graph_pending = thread
+        return thread
 
     def compile_decode(self) -> None:
         """Compile the model's forward (on GPU by default, on CPU with COGKIT_COMPILE=1): shapes vary
