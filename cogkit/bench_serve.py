@@ -173,6 +173,16 @@ def ct2_level(hf: Path, quant: str, prompt_ids: list[list[int]], concurrency: in
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def median_seconds(work, runs: int) -> float:
+    """The median time of `runs` calls of `work()`."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def memory_read_gbps(mib: int = 512, runs: int = 5) -> float:
     """Memory read bandwidth on this process's threads (median of `runs` sums over a buffer far larger
     than the caches): batch-1 decode reads every weight once per token, so bandwidth / weight bytes
@@ -180,12 +190,7 @@ def memory_read_gbps(mib: int = 512, runs: int = 5) -> float:
     import torch
 
     buf = torch.ones(mib * 2**20 // 4)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        float(buf.sum())
-        times.append(time.perf_counter() - started)
-    return buf.numel() * 4 / statistics.median(times) / 1e9
+    return buf.numel() * 4 / median_seconds(lambda: float(buf.sum()), runs) / 1e9
 
 
 def matmul_gflops(size: int = 1536, runs: int = 5) -> float:
@@ -196,12 +201,7 @@ def matmul_gflops(size: int = 1536, runs: int = 5) -> float:
 
     a, b = torch.rand(size, size), torch.rand(size, size)
     a @ b  # warm
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - started)
-    return 2 * size**3 / statistics.median(times) / 1e9
+    return 2 * size**3 / median_seconds(lambda: a @ b, runs) / 1e9
 
 
 def streams_ceiling(streams: int, weight_bytes: int, gbps: float, gflops: float) -> float:
@@ -260,13 +260,14 @@ def cmd_bench_serve(args) -> int:
     report["batch1_ceiling_tokens_per_second"] = round(report["memory_read_gbps"] * 1e9 / weight_bytes, 2)
     print(f"memory read {report['memory_read_gbps']} GB/s: batch-1 ceiling "
           f"{report['batch1_ceiling_tokens_per_second']} tok/s for {weight_bytes / 1e6:.0f} MB of weights")
+    ceiling = None  # tokens/s at a number of streams (float32 builds)
     if report["dtype"] == "float32" and report["engine"] == "torch":
         # Many streams' ceiling: compute catches up with memory (see streams_ceiling).
         report["matmul_gflops"] = round(matmul_gflops(), 1)
+        ceiling = functools.partial(streams_ceiling, weight_bytes=weight_bytes,
+                                    gbps=report["memory_read_gbps"], gflops=report["matmul_gflops"])
         print(f"float32 matrix products {report['matmul_gflops']} GFLOP/s: ceilings "
-              + ", ".join(f"{c} stream{'s' if c > 1 else ''} "
-                          f"{streams_ceiling(c, weight_bytes, report['memory_read_gbps'], report['matmul_gflops']):.1f} tok/s"
-                          for c in levels))
+              + ", ".join(f"{c} stream{'s' if c > 1 else ''} {ceiling(c):.1f} tok/s" for c in levels))
     with CogServer(spec.runner, env={"COG_MAX_CONCURRENCY": str(max(levels))}) as server:
         server.start().wait_ready()
         one_request(server, "Hello.", 4)  # warm
@@ -294,9 +295,7 @@ def cmd_bench_serve(args) -> int:
             # this level's aggregate over the first level's (e.g. 8 streams over 1) within each round
             merged["over_first_level_per_round"] = [round(a / b, 3) for a, b in zip(aggregates, base, strict=True)]
             merged["over_first_level_median"] = round(statistics.median(merged["over_first_level_per_round"]), 3)
-            if "matmul_gflops" in report:
-                ceiling = functools.partial(streams_ceiling, weight_bytes=weight_bytes,
-                                            gbps=report["memory_read_gbps"], gflops=report["matmul_gflops"])
+            if ceiling is not None:
                 merged["ceiling_tokens_per_second"] = round(ceiling(c), 2)
                 # the most this level's aggregate can be over the first level's, on this machine
                 merged["over_first_level_ceiling"] = round(ceiling(c) / ceiling(levels[0]), 3)
@@ -304,7 +303,7 @@ def cmd_bench_serve(args) -> int:
             if c != levels[0]:
                 print(f"c={c} over c={levels[0]}, round by round: {merged['over_first_level_per_round']}, "
                       f"median {merged['over_first_level_median']}"
-                      + (f" (ceiling {merged['over_first_level_ceiling']})" if "over_first_level_ceiling" in merged else ""),
+                      + (f" (ceiling {merged['over_first_level_ceiling']})" if ceiling is not None else ""),
                       flush=True)
             for name, runs in peer_rounds[c].items():
                 peer = merge_peer_rounds(runs, aggregates)
