@@ -105,15 +105,17 @@ def test_an_int8_model_runs_on_the_graph_each_row_as_alone(tiny_llm_source, tmp_
         assert torch.equal(alone[0], got[slot]), slot
 
 
-def test_the_engine_moves_its_forwards_to_onnxruntime_with_the_same_text(endless_weights_root):
+def test_the_engine_moves_its_forwards_to_onnxruntime_with_the_same_text(endless_weights_root, monkeypatch):
     """Greedy text alone and four at once, with prompts and decode steps on onnxruntime, equals the
-    torch engine's; once the graph is built no forward runs on torch, and torch's packed weight copies
-    are freed."""
+    torch engine's; once the graph is built (and steps of several rows are the graph's, as measured
+    on a machine where it is faster) no forward runs on torch, and torch's packed weight copies are
+    freed."""
     folder = endless_weights_root / "llm"
     samplings = [Sampling(max_new_tokens=24, temperature=0)] * len(PROMPTS)
     torch_gen = TextGenerator(folder, max_batch=4)
     want = [generate(torch_gen, p, s) for p, s in zip(PROMPTS, samplings, strict=True)]
 
+    monkeypatch.setenv("COGKIT_LLM_ROWS", "graph")
     gen = TextGenerator(folder, max_batch=4)
     gen.forward_on_onnxruntime().join()
     assert packed_copies(gen.model)  # a batching engine's float32 model has them until the graph runs
@@ -169,6 +171,68 @@ def test_an_int8_models_requests_wait_for_the_graph(tiny_llm_source, tmp_path, m
     first = generate(gen, PROMPTS[0], sampling)
     assert torch_calls == [] and gen.model.ort_forward is not None
     assert generate(gen, PROMPTS[0], sampling) == first
+
+
+@pytest.mark.parametrize("rows", [None, "torch"])
+def test_steps_of_several_rows_run_where_they_measured_faster(endless_weights_root, monkeypatch, rows):
+    """By default the engine times its first steps of several rows on the graph and on torch, pair by
+    pair, and keeps the faster (`RowsTrial`); COGKIT_LLM_ROWS=torch keeps them on torch. Either way
+    the text four at once is the text alone, and torch's packed copies stay only where torch runs."""
+    from models.llm.engine import RowsTrial
+
+    if rows:
+        monkeypatch.setenv("COGKIT_LLM_ROWS", rows)
+    folder = endless_weights_root / "llm"
+    sampling = Sampling(max_new_tokens=24, temperature=0)
+    gen = TextGenerator(folder, max_batch=4)
+    gen.forward_on_onnxruntime().join()
+    want = [generate(gen, p, sampling) for p in PROMPTS]
+    torch_rows = []  # the row count of each decode step on torch
+    forward = gen.model.forward
+    gen.model.forward = lambda ids, *a, **k: (torch_rows.append(ids.shape[0]), forward(ids, *a, **k))[1]
+    results = [None] * len(PROMPTS)
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, generate(gen, PROMPTS[i], sampling)))
+               for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == want
+    trial = gen.engine.rows
+    if rows is None:
+        assert len(trial.ratios) == RowsTrial.PAIRS and trial.choice in ("graph", "torch")
+        assert all(ratio > 0 for ratio in trial.ratios)
+    if rows == "torch":
+        assert trial.choice == "torch" and not trial.ratios
+    steps = [n for n in torch_rows if n > 1]
+    assert len(steps) >= (RowsTrial.PAIRS if rows is None else 10)  # steps of several rows ran on torch
+    # decided on the graph: torch's packed copies are gone after the next step
+    generate(gen, PROMPTS[0], Sampling(max_new_tokens=2, temperature=0))
+    assert bool(packed_copies(gen.model)) == (trial.choice == "torch")
+
+
+def test_the_rows_trial_pairs_steps_of_one_row_count_and_keeps_torch_only_when_clearly_faster():
+    from models.llm.engine import RowsTrial
+
+    def decide(torch_over_graph: float, rows=(8, 8)) -> RowsTrial:
+        trial = RowsTrial()
+        while trial.choice is None:
+            assert not trial.next_on_torch(rows[0])  # a pair starts on the graph
+            trial.record(rows[0], False, 0.030)
+            if not trial.next_on_torch(rows[1]):  # the row count changed: the pair starts again
+                return trial
+            trial.record(rows[1], True, 0.030 * torch_over_graph)
+        return trial
+
+    assert decide(0.90).choice == "torch" and decide(0.90).next_on_torch(3)
+    assert decide(0.97).choice == "graph" and not decide(0.97).next_on_torch(8)
+    assert decide(0.90, rows=(8, 7)).choice is None
+
+
+def test_a_bad_rows_setting_names_the_variable(endless_weights_root, monkeypatch):
+    monkeypatch.setenv("COGKIT_LLM_ROWS", "fast")
+    with pytest.raises(ValueError, match="COGKIT_LLM_ROWS: must be graph or torch"):
+        TextGenerator(endless_weights_root / "llm", max_batch=4)
 
 
 def packed_copies(model):

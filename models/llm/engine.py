@@ -10,7 +10,8 @@ Each step of the engine's loop
      slots, then each sequence picks its next token with its own sampling settings and generator.
      On CPU a float32 model runs steps 2 and 3 on onnxruntime once its graph is built
      (models/llm/ort_forward.py); on torch, a float model runs them as one forward
-     (`_decode_and_prefill`), so that the weights are read once for both.
+     (`_decode_and_prefill`), so that the weights are read once for both. A decode step of several
+     rows may stay on torch (oneDNN's packed weights) where that measured faster: see `RowsTrial`.
 So a request joins the running batch at the next step and leaves as soon as it is done; a long
 prompt is prefilled in chunks between decode steps, and cancelling takes effect at the next step.
 
@@ -19,9 +20,12 @@ decode step reads a contiguous view of the cache; when one leaves, the last move
 """
 
 import atexit
+import os
+import statistics
 import threading
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,6 +34,51 @@ from models.llm.text_generation import Generation, Request, pick_next_token
 
 # Prompt tokens per prefill forward: bounds how long the other streams (and a cancel) wait.
 PREFILL_CHUNK = 128
+
+
+@dataclass
+class RowsTrial:
+    """Which forward runs a float32 decode step of several rows once onnxruntime's graph is built: the
+    graph (MLAS's GEMM) or torch on oneDNN's packed weights (with prompts joining the step: one read
+    of the weights for both). Which is faster depends on the machine, so the engine measures: its
+    first steps of several rows alternate between the two at the same row count, and after `PAIRS`
+    pairs (past a first one that warms oneDNN up for the shape: 1.28x the graph's time in one run)
+    torch keeps them if its median time is under `KEEP_TORCH_BELOW` of the graph's; else the packed
+    copies (as large as the weights) are freed. Measured side by side on SmolLM2 (one thread,
+    in-process, bench prompts, 8 streams): on a Zen 4 core reading 40 GB/s, steps of 8 rows took 31.5
+    ms on torch against 34.6 on the graph (the 121 products alone 22.3 against 29.5 ms), and through
+    the server 8 streams made 13 % more tokens; on stop 32's machine (21 GB/s) the graph's products
+    were the faster. One row is the graph's everywhere (16 against 31 ms here). COGKIT_LLM_ROWS=graph
+    or =torch skips the measuring."""
+    PAIRS = 7  # the first is not counted
+    KEEP_TORCH_BELOW = 0.95
+    choice: str | None = None  # "graph" or "torch" once decided
+    ratios: list[float] = field(default_factory=list)  # torch's time over the graph's, pair by pair
+    graph_step: tuple[int, float] | None = None  # (rows, seconds) of the pair's first half
+
+    @classmethod
+    def from_env(cls) -> "RowsTrial":
+        choice = os.environ.get("COGKIT_LLM_ROWS") or None
+        if choice not in (None, "graph", "torch"):
+            raise ValueError(f"COGKIT_LLM_ROWS: must be graph or torch, got {choice!r}")
+        return cls(choice=choice)
+
+    def next_on_torch(self, rows: int) -> bool:
+        """Whether the coming step of `rows` rows runs on torch (during the trial: the pair's second half)."""
+        if self.choice is not None:
+            return self.choice == "torch"
+        return self.graph_step is not None and self.graph_step[0] == rows
+
+    def record(self, rows: int, on_torch: bool, seconds: float) -> None:
+        if self.choice is not None:
+            return
+        if not on_torch:
+            self.graph_step = (rows, seconds)
+            return
+        self.ratios.append(seconds / self.graph_step[1])
+        self.graph_step = None
+        if len(self.ratios) == self.PAIRS:
+            self.choice = "torch" if statistics.median(self.ratios[1:]) < self.KEEP_TORCH_BELOW else "graph"
 
 
 @dataclass
@@ -56,7 +105,11 @@ class BatchEngine:
         self.steps = 0  # decode steps run, and the batch sizes they had (for tests and metrics)
         self.batch_sizes: list[int] = []
         self.prefill_sizes: list[int] = []  # sequences per prefill forward
-        self.packed = False  # the model reads its packed weight copies (calls of several rows); None: dropped
+        # Whether the model reads its float packed weight copies (calls of several rows); None: it has
+        # none (an engine of one sequence, int8, a GPU), or they were freed.
+        self.packed = False if model.has_packed_weights() else None
+        self.rows = RowsTrial.from_env() if self.packed is not None else RowsTrial(choice="graph")
+        self.frees_packed = True  # torch's packed copies (float or int8) go once the graph runs every forward
         # On CPU a float model runs a decode step and a prompt chunk in one forward (`_decode_and_prefill`):
         # a 14-token chunk beside 7 decoding rows took 104 ms against 145 ms one after the other, with
         # the same logits. Not on GPU (its decode step is a compiled graph; unmeasured there) nor for
@@ -113,17 +166,17 @@ class BatchEngine:
         if self.graph_pending is not None:
             self.graph_pending.join()
             self.graph_pending = None
-        if self.model.ort_forward is not None and self.packed is not None:
+        if self.frees_packed and self.model.ort_forward is not None and self.rows.choice == "graph":
             # The graph runs every forward from now on: torch's packed weight copy (as large as the
             # weights) is read no more. Freed here, on the thread that ran torch's forwards.
             self.model.drop_packed_weights()
-            self.packed = None
+            self.packed, self.frees_packed = None, False
         self._drop_finished()
         self._admit()
         first = len(self.running)  # the sequences being prefilled sit after the decoding ones
         while first > 0 and self.running[first - 1].last_token < 0:
             first -= 1
-        if 0 < first < len(self.running) and self.mixes and self.model.ort_forward is None:
+        if 0 < first < len(self.running) and self.mixes and self._rows_on_torch():
             self._use_packed(True)
             self._decode_and_prefill(self.running[:first], self.running[first:])
             return
@@ -146,12 +199,16 @@ class BatchEngine:
             self._use_packed(len(decoding) > 1)
             self._decode(decoding)
 
+    def _rows_on_torch(self) -> bool:
+        """Whether steps of several rows (and prompts beside them) run on torch: before the graph is
+        built, or where torch measured faster (`RowsTrial`)."""
+        return self.model.ort_forward is None or self.rows.choice == "torch"
+
     def _use_packed(self, on: bool) -> None:
         """Whether the next forward reads the packed weight copies (on CPU, where `cpu_layouts` made
         them): faster for any call of several rows, a batch's decode step or a prompt's chunk; a lone
-        sequence's decode step reads the column-major copy. Nothing to switch once onnxruntime's graph
-        runs the forwards: it holds its own copy."""
-        if on != self.packed and self.model.ort_forward is None:
+        sequence's decode step reads the column-major copy. (onnxruntime's graph holds its own copy.)"""
+        if self.packed is not None and on != self.packed:
             self.model.use_packed_weights(on)
             self.packed = on
 
@@ -268,10 +325,16 @@ class BatchEngine:
 
     def _decode(self, seqs: list[Sequence]) -> None:
         ids, positions, kv_len = self._decode_inputs(seqs)
-        if self.model.ort_forward is not None:  # onnxruntime's graph of the step, on the same cache
-            self._decoded(seqs, self.model.ort_forward(ids, [s.cached + 1 for s in seqs]))
-        else:
-            self._decoded(seqs, self.model(ids, positions, first_slot=0, kv_len=kv_len))
+        rows = len(seqs)
+        on_torch = self.model.ort_forward is None or (rows > 1 and self.rows.next_on_torch(rows))
+        started = time.perf_counter()
+        if on_torch:
+            logits = self.model(ids, positions, first_slot=0, kv_len=kv_len)
+        else:  # onnxruntime's graph of the step, on the same cache
+            logits = self.model.ort_forward(ids, [s.cached + 1 for s in seqs])
+        if rows > 1 and self.model.ort_forward is not None:
+            self.rows.record(rows, on_torch, time.perf_counter() - started)
+        self._decoded(seqs, logits)
 
     def _decode_with_last_prompt_tokens(self, decoding: list[Sequence], prefilling: list[Sequence]) -> None:
         """One graph call over slots 0..B-1: each decoding row's last token and each prompt's last one."""

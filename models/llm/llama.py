@@ -455,6 +455,10 @@ class Llama(nn.Module):
                 module.use_packed = on
                 self.packed_in_use = on
 
+    def has_packed_weights(self) -> bool:
+        """Whether the float projections have packed copies (`cpu_layouts`, for an engine that batches)."""
+        return any(isinstance(m, Linear) and m.packed is not None for m in self.modules())
+
     def drop_packed_weights(self) -> int:
         """Free the projections' packed copies and return the bytes freed: once onnxruntime's graph runs
         every forward (it packs the weights its own way), nothing reads them. A float32 model keeps its
