@@ -16,7 +16,6 @@
 #   GPU_CHECK_DEVICE=cpu PY=/some/venv/bin/python bash scripts/gpu-check.sh   (twice, as above)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
 rm -rf .gpu && mkdir -p .gpu/whl .gpu/part1 .gpu/part2
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl \
