@@ -10,7 +10,8 @@
 #
 # Then, with the `device` tool (two calls back to back; the machine keeps what a call left for 30 s):
 #   run  carry=[".gpu/whl", ".gpu/part1"]  command="bash scripts/gpu-check.sh"
-#   run  carry=[".gpu/whl", ".gpu/part2"]  command="bash scripts/gpu-check.sh"
+#   run  carry=[".gpu/whl", ".gpu/part2"]  command="bash scripts/gpu-check.sh"  timeout_s=600
+# (a rehearsal here took ~40 s for the second; on the GPU, compiling adds a minute or two per model)
 # The first call stages its part and checks the machine (CUDA, the wheels, cogkit's imports); the
 # second joins the parts and runs every assertion. Rehearse both here on CPU first:
 #   GPU_CHECK_DEVICE=cpu PY=/some/venv/bin/python bash scripts/gpu-check.sh   (twice, as above)
