@@ -14,7 +14,8 @@
 # (a rehearsal here took ~40 s for the second; on the GPU, compiling adds a minute or two per model)
 # The first call stages its part and checks the machine (CUDA, the wheels, cogkit's imports); the
 # second joins the parts and runs every assertion. Rehearse both here on CPU first:
-#   GPU_CHECK_DEVICE=cpu PY=/some/venv/bin/python bash scripts/gpu-check.sh   (twice, as above)
+#   GPU_CHECK_DEVICE=cpu bash scripts/gpu-check.sh   (here: both parts at once; for the two calls,
+#   run it twice in a copy of the repo holding one part at a time, with PY= a venv of the device's packages)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf .gpu && mkdir -p .gpu/whl .gpu/part1 .gpu/part2
