@@ -131,6 +131,26 @@ def test_a_compiled_model_compiles_at_warm_up_not_at_requests(endless):
     assert counters["stats"]["unique_graphs"] == graphs
 
 
+def test_a_compiled_model_without_packed_copies_compiles_its_batches_at_warm_up(endless):
+    """As on a GPU (no packed copies, so batches run the compiled forward too): after setup's warm-up,
+    a batch of requests compiles nothing (its first used to: 2 more graphs, at a request) and gives
+    each the text it gets alone."""
+    from torch._dynamo.utils import counters
+
+    samplings = [Sampling(max_new_tokens=16, temperature=0) for _ in PROMPTS[:4]]
+    alone = generate_alone(endless, PROMPTS[:4], samplings)
+    gen = TextGenerator(endless, max_batch=4)
+    gen.model.drop_packed_weights()
+    gen.engine.packed = None
+    gen.compile_decode()
+    gen.warmup()
+    graphs = counters["stats"]["unique_graphs"]
+    together = generate_together(gen, PROMPTS[:4], samplings)
+    assert max(gen.engine.batch_sizes) >= 2 and max(gen.engine.prefill_sizes) >= 2
+    assert [(text, ids) for text, ids, _ in together] == alone
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 def test_a_compiled_forward_first_traced_on_two_tokens_serves_every_length(endless):
     """SmolLM2's warm-up prompt is two tokens; the compiled prefill traced on it must not be
     specialised to two (it was while the rope table was a plain attribute: its first dim, 2, shared a

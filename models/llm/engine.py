@@ -309,7 +309,9 @@ class BatchEngine:
             return
         chunks, ids, positions, kv_len = self._prompt_chunks(seqs)
         end = self.model.cache_len - 1
-        last = [len(chunk) - 1 for chunk in chunks] if len(seqs) > 1 else None
+        # a tensor, not a list: a compiled forward guards a list's length, and compiled again for
+        # each number of prompts prefilled together
+        last = torch.tensor([len(chunk) - 1 for chunk in chunks], device=self.device) if len(seqs) > 1 else None
         logits = self.model(ids, positions, first_slot=first_slot, kv_len=kv_len, last=last,
                             row_kv_lens=[min(seq.prefilled + len(chunk), end + 1) for seq, chunk in zip(seqs, chunks)])
         self._prefilled(seqs, chunks, logits, first_slot)

@@ -494,7 +494,7 @@ class Llama(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, first_slot: int = 0,
                 all_logits: bool = False, kv_len: int | None = None,
-                row_kv_lens: list[int] | None = None, last: list[int] | None = None) -> torch.Tensor:
+                row_kv_lens: list[int] | None = None, last: torch.Tensor | list[int] | None = None) -> torch.Tensor:
         """Logits of each row's last token ([B, vocab]), or of every token with `all_logits`
         ([B, T, vocab]). `input_ids` and `positions` are [B, T]; row i uses cache slot first_slot+i.
         `row_kv_lens` (each row's filled length once this call is done) is used when `rows_independent`,
@@ -508,7 +508,7 @@ class Llama(nn.Module):
         if self.rows_independent:
             batch.row_kv_lens = row_kv_lens
             b, t = input_ids.shape
-            batch.row_tokens = [t] * b if last is None else [i + 1 for i in last]
+            batch.row_tokens = [t] * b if last is None else [int(i) + 1 for i in last]
         batch.cos, batch.sin = self.rope[:, positions][:, :, None]
         x = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
