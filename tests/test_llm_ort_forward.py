@@ -1,7 +1,6 @@
 """onnxruntime's graph of the forward (models/llm/ort_forward.py) against the torch model's."""
 
 import dataclasses
-import threading
 
 import pytest
 import torch
@@ -9,6 +8,7 @@ import torch
 from models.llm.llama import Int8Linear, load_llama
 from models.llm.ort_forward import OrtForward, covers
 from models.llm.text_generation import GenerationStats, Sampling, TextGenerator
+from tests.test_llm_batching import generate_together
 
 PROMPTS = ["Hello there", "Tell me about Paris", "Numbers", "The quick brown fox"]
 
@@ -131,14 +131,7 @@ def test_the_engine_moves_its_forwards_to_onnxruntime_with_the_same_text(endless
     prefill_calls = []
     prefill = gen.engine._prefill_chunk
     gen.engine._prefill_chunk = lambda *a, **k: (prefill_calls.append(1), prefill(*a, **k))[1]
-    results = [None] * len(PROMPTS)
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, generate(gen, PROMPTS[i], samplings[i])))
-               for i in range(len(PROMPTS))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert results == want
+    assert together(gen, samplings) == want
     assert prefill_calls == []
     assert max(rows for rows, tokens in calls if tokens == 1) >= 2  # rows decoded together on the graph
     assert torch_calls == []
@@ -190,14 +183,7 @@ def test_steps_of_several_rows_run_where_they_measured_faster(endless_weights_ro
     torch_rows = []  # the row count of each decode step on torch
     forward = gen.model.forward
     gen.model.forward = lambda ids, *a, **k: (torch_rows.append(ids.shape[0]), forward(ids, *a, **k))[1]
-    results = [None] * len(PROMPTS)
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, generate(gen, PROMPTS[i], sampling)))
-               for i in range(len(PROMPTS))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert results == want
+    assert together(gen, [sampling] * len(PROMPTS)) == want
     trial = gen.engine.rows
     if rows is None:
         assert len(trial.ratios) == RowsTrial.PAIRS and trial.choice in ("graph", "torch")
@@ -237,6 +223,11 @@ def test_a_bad_rows_setting_names_the_variable(endless_weights_root, monkeypatch
 
 def packed_copies(model):
     return [m for m in model.modules() if getattr(m, "packed", None) is not None]
+
+
+def together(gen, samplings):
+    """PROMPTS all at once (a thread each), as `generate` gives them: [(text, token ids)]."""
+    return [(text, ids) for text, ids, _ in generate_together(gen, PROMPTS, samplings)]
 
 
 def generate(gen, prompt, sampling):

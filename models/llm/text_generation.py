@@ -278,9 +278,9 @@ class TextGenerator:
         prompts share no start with the first warm-up's, which the prefix cache would skip."""
         ends: queue.SimpleQueue = queue.SimpleQueue()  # each request's ("done", None) or ("error", exception)
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=0)
+        emit = lambda event: ends.put(event) if event[0] != "text" else None  # noqa: E731
         with self.engine.wake:
             for prompt in ("Good morning to you", "Count to three"):
-                emit = lambda event: ends.put(event) if event[0] != "text" else None  # noqa: E731
                 self.engine.submit(self.request(self.encode(prompt), sampling, [], GenerationStats(), emit))
         for _ in range(2):
             kind, error = ends.get()
